@@ -1,0 +1,90 @@
+"""Model checkpoints: config.json (the spec) + model.safetensors, both written atomically.
+
+Weights are read only from safetensors (no pickle anywhere). A write goes to a temporary file in the
+same directory and is renamed over the target, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from safetensors.torch import load_model as _load_safetensors_model
+from safetensors.torch import save_model as _save_safetensors_model
+
+from studio.spec import ArchSpec, SpecError
+
+if TYPE_CHECKING:
+    from studio.model import HybridLM
+
+FORMAT = "hybrid-attention-studio/model@1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call write(tmp_path) for a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_model(model: "HybridLM", directory: str | Path) -> Path:
+    directory = Path(directory)
+    config = {"format": FORMAT, "spec": model.spec.to_dict(), "dtype": str(model.dtype).removeprefix("torch.")}
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: _save_safetensors_model(model, tmp))
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def read_config(directory: str | Path) -> dict:
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {str(directory)!r}: is this a directory written by model.save?")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON (line {err.lineno}): {err.msg}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "spec" not in config:
+        raise ValueError(f"{path} is not a studio model config (expected format {FORMAT!r})")
+    return config
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> "HybridLM":
+    from studio.model import build_model
+
+    directory = Path(directory)
+    config = read_config(directory)
+    spec = ArchSpec.from_dict(config["spec"])
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_FILE} in {str(directory)!r}")
+    model = build_model(spec)
+    dtype = getattr(torch, config.get("dtype", "float32"), torch.float32)
+    model.to(dtype=dtype)
+    missing, unexpected = _load_safetensors_model(model, str(weights), strict=False, device=str(device))
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights} does not match its config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model.to(device)
+
+
+__all__ = ["atomic_write", "atomic_write_text", "save_model", "load_model", "read_config", "SpecError"]

@@ -1,0 +1,284 @@
+"""`HybridLM`: a pre-norm decoder whose layers each use the token mixer the spec names.
+
+A TransformerLens `HookedRootModule` with TransformerLens hook names, so `run_with_cache`,
+`run_with_hooks` and every TransformerLens habit work on any mix of mixers:
+
+    hook_embed
+    blocks.{i}.hook_resid_pre, .ln1.hook_normalized, .attn.hook_{q,k,v,rot_q,rot_k,pattern,z,state},
+    blocks.{i}.hook_attn_out, .hook_resid_mid, .ln2.hook_normalized, .mlp.hook_pre, .mlp.hook_post,
+    blocks.{i}.hook_mlp_out, .hook_resid_post
+    ln_final.hook_normalized
+
+`attn` is the layer's mixer whatever it is (the name keeps TransformerLens tools working).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from studio.mixers import REGISTRY, Mixer, MixerShape
+from studio.spec import ArchSpec
+
+
+class Norm(nn.Module):
+    """RMSNorm (Zhang & Sennrich, arXiv 1910.07467) or LayerNorm (Ba et al., arXiv 1607.06450)."""
+
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        if spec.norm == "rmsnorm":
+            self.norm = nn.RMSNorm(spec.d_model, eps=spec.norm_eps)
+        else:
+            self.norm = nn.LayerNorm(spec.d_model, eps=spec.norm_eps)
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(self.norm(x))
+
+
+class MLP(nn.Module):
+    """GELU MLP, or SwiGLU (Shazeer, arXiv 2002.05202): hook_pre is the (gate) pre-activation,
+    hook_post the activation fed to the output projection."""
+
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        self.kind = spec.mlp
+        d, f = spec.d_model, spec.d_mlp
+        self.fc_in = nn.Linear(d, f, bias=spec.bias)
+        self.fc_gate = nn.Linear(d, f, bias=spec.bias) if spec.mlp == "swiglu" else None
+        self.fc_out = nn.Linear(f, d, bias=spec.bias)
+        self.hook_pre = HookPoint()
+        self.hook_post = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc_gate is None:
+            post = F.gelu(self.hook_pre(self.fc_in(x)))
+        else:
+            post = F.silu(self.hook_pre(self.fc_gate(x))) * self.fc_in(x)
+        return self.fc_out(self.hook_post(post))
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ArchSpec, index: int):
+        super().__init__()
+        layer = spec.layers[index]
+        shape = MixerShape(
+            d_model=spec.d_model, n_heads=spec.n_heads, n_kv_heads=spec.n_kv_heads, d_head=spec.d_head,
+            layer_idx=index, n_layers=spec.n_layers, positional=layer.positional,
+            rope_base=spec.rope_base, bias=spec.bias, norm_eps=spec.norm_eps,
+        )
+        self.ln1 = Norm(spec)
+        self.attn: Mixer = REGISTRY[layer.mixer](shape, **layer.params)
+        self.ln2 = Norm(spec) if spec.mlp != "none" else None
+        self.mlp = MLP(spec) if spec.mlp != "none" else None
+        for hook in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
+            setattr(self, f"hook_{hook}", HookPoint())
+
+    def _mlp(self, resid: torch.Tensor) -> torch.Tensor:
+        resid = self.hook_resid_mid(resid)
+        if self.mlp is not None:
+            resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        return self.hook_resid_post(resid)
+
+    def forward(self, resid: torch.Tensor, return_state: bool = False):
+        resid = self.hook_resid_pre(resid)
+        mixed = self.attn(self.ln1(resid), return_state=return_state)
+        mixed, state = mixed if return_state else (mixed, None)
+        out = self._mlp(resid + self.hook_attn_out(mixed))
+        return (out, state) if return_state else out
+
+    def step(self, resid: torch.Tensor, state: dict | None):
+        """One position: resid [batch, d_model]."""
+        resid = self.hook_resid_pre(resid)
+        mixed, state = self.attn.step(self.ln1(resid), state)
+        return self._mlp(resid + self.hook_attn_out(mixed)), state
+
+
+class HybridLM(HookedRootModule):
+    """A hybrid-attention language model built from an `ArchSpec` (see `studio.build_model`)."""
+
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        self.spec = spec
+        self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
+        self.hook_embed = HookPoint()
+        self.blocks = nn.ModuleList(Block(spec, i) for i in range(spec.n_layers))
+        self.ln_final = Norm(spec)
+        self.unembed = None if spec.tie_embeddings else nn.Linear(spec.d_model, spec.vocab_size, bias=False)
+        self._init_weights()
+        self.setup()
+
+    # ---- weights -----------------------------------------------------------------------------
+    def _init_weights(self) -> None:
+        """GPT-2 style: N(0, 0.02), output projections scaled by 1/sqrt(2 n_layers), zero biases."""
+        out_std = 0.02 / math.sqrt(2 * self.spec.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = out_std if name.endswith(("o_proj", "fc_out")) else 0.02
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    # ---- forward -----------------------------------------------------------------------------
+    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError("tokens must be an integer tensor of shape [batch, pos]")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.spec.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {self.spec.vocab_size}), got {int(tokens.min())}..{int(tokens.max())}"
+            )
+        return tokens.to(self.device)
+
+    def _logits(self, resid: torch.Tensor) -> torch.Tensor:
+        x = self.ln_final(resid)
+        return x @ self.embed.weight.T if self.unembed is None else self.unembed(x)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        return_type: Literal["logits", "loss", "both"] | None = "logits",
+        loss_mask: torch.Tensor | None = None,
+    ):
+        """tokens [batch, pos] -> logits [batch, pos, vocab] (or next-token loss, or both).
+
+        `loss_mask` [batch, pos - 1] selects which predictions count in the loss."""
+        tokens = self._check_tokens(tokens)
+        resid = self.hook_embed(self.embed(tokens))
+        for block in self.blocks:
+            resid = block(resid)
+        if return_type is None:
+            return None
+        logits = self._logits(resid)
+        if return_type == "logits":
+            return logits
+        loss = next_token_loss(logits, tokens, loss_mask)
+        return loss if return_type == "loss" else (logits, loss)
+
+    # ---- decoding ----------------------------------------------------------------------------
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """Run the prompt in parallel form; return its logits and every layer's decoding state."""
+        tokens = self._check_tokens(tokens)
+        resid = self.hook_embed(self.embed(tokens))
+        states = []
+        for block in self.blocks:
+            resid, state = block(resid, return_state=True)
+            states.append(state)
+        return self._logits(resid), states
+
+    def step(self, token: torch.Tensor, states: list[dict | None] | None = None):
+        """One token per sequence, token [batch] -> (logits [batch, vocab], new states).
+        `states=None` starts empty sequences."""
+        token = self._check_tokens(token.reshape(-1, 1))[:, 0]
+        states = states or [None] * len(self.blocks)
+        resid = self.hook_embed(self.embed(token))
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            resid, state = block.step(resid, state)
+            new_states.append(state)
+        return self._logits(resid), new_states
+
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        stop_token: int | None = None,
+    ) -> torch.Tensor:
+        """Continue `tokens` [batch, pos] by `max_new_tokens`, decoding with each mixer's recurrent
+        `step` from the prefilled states. temperature 0 is greedy. Returns [batch, pos + new]."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        tokens = self._check_tokens(tokens)
+        if tokens.shape[1] == 0:
+            raise ValueError("generate needs at least one prompt token")
+        logits, states = self.prefill(tokens)
+        logits = logits[:, -1]
+        out = [tokens]
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        for i in range(max_new_tokens):
+            nxt = sample(logits, temperature, top_k, generator)
+            if stop_token is not None:
+                nxt = torch.where(finished, torch.full_like(nxt, stop_token), nxt)
+                finished |= nxt == stop_token
+            out.append(nxt[:, None])
+            if i + 1 == max_new_tokens or (stop_token is not None and bool(finished.all())):
+                break
+            logits, states = self.step(nxt, states)
+        return torch.cat(out, dim=1)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write config.json (the spec) and model.safetensors, each atomically."""
+        from studio.checkpoint import save_model
+
+        return save_model(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "HybridLM":
+        """Read a directory written by `save` (safetensors only: no pickle)."""
+        from studio.checkpoint import load_model
+
+        return load_model(directory, device)
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of predicting tokens[:, 1:] from logits[:, :-1] (optionally masked)."""
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+    if mask is None:
+        return losses.mean()
+    mask = mask.flatten().to(losses.dtype)
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator=None) -> torch.Tensor:
+    """Greedy (temperature 0) or temperature / top-k sampling over logits [batch, vocab]."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+
+
+def build_model(spec: ArchSpec | dict | str, seed: int = 0) -> HybridLM:
+    """A freshly initialised `HybridLM` from a spec (an `ArchSpec`, a dict, or JSON/YAML text or path).
+    The same spec and seed give the same weights."""
+    if not isinstance(spec, ArchSpec):
+        spec = ArchSpec.from_dict(spec) if isinstance(spec, dict) else _spec_from_text(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return HybridLM(spec)
+
+
+def _spec_from_text(source: str) -> ArchSpec:
+    text = str(source).strip()
+    if text.startswith("{") or text.endswith(".json"):
+        return ArchSpec.from_json(source)
+    return ArchSpec.from_yaml(source)
