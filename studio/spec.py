@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -338,4 +339,14 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
         elif e["type"] not in ("value_error",) and "input" in e and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
         problems.append((field, msg))
-    return problems
+    return _merge_layers(problems)
+
+
+def _merge_layers(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One line for the same problem in several layers: 'layers[0,1,2].window: ...'."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    for field, msg in problems:
+        match = re.fullmatch(r"layers\[(\d+)\](.*)", field)
+        key = (f"layers[{{}}]{match.group(2)}", msg) if match else (field, msg)
+        merged.setdefault(key, []).append(match.group(1) if match else "")
+    return [(field.format(",".join(idx)) if "{}" in field else field, msg) for (field, msg), idx in merged.items()]
