@@ -109,7 +109,7 @@ def test_size_cap_is_configurable():
 
 def test_lightning_decay_list_length_checked():
     msg = _error(pattern="L", pattern_map={"L": {"mixer": "lightning", "decay": [0.5, 0.5]}})
-    assert "layers[0," in msg and "n_heads=4" in msg
+    assert "layers[0]" in msg and "n_heads=4" in msg
 
 
 def test_wrong_types_and_unknown_fields():
