@@ -203,6 +203,25 @@ class Mixer(nn.Module):
         out = self._finish(z[:, :, None], x)
         return out[:, 0], {"pos": state["pos"] + 1, "conv": conv_history, "mix": mix}
 
+    # ---- costs (for `studio summary`) ----------------------------------------------------------
+    def state_elements(self, context: int) -> int:
+        """Numbers held for decoding after `context` tokens (KV cache, window or matrix state)."""
+        h, kv, d = self.shape.n_heads, self.shape.n_kv_heads, self.shape.d_head
+        if self.state_kind == "matrix":
+            return h * d * d
+        window = getattr(self, "window", None)
+        return 2 * kv * d * (context if window is None else min(context, window))
+
+    def mixing_flops_per_token(self, length: int) -> float:
+        """Forward FLOPs per token of the token mixing itself (projections excluded), averaged over
+        the positions of a sequence of `length` tokens (recurrent form for matrix states)."""
+        h, d = self.shape.n_heads, self.shape.d_head
+        if self.state_kind == "matrix":
+            return 4.0 * h * d * d  # state update k v^T and read-out q S
+        window = getattr(self, "window", None)
+        keys = (length + 1) / 2 if window is None else sum(min(t, window) for t in range(1, length + 1)) / length
+        return 4.0 * h * d * keys  # q.k scores and the weighted sum of values
+
     def extra_repr(self) -> str:
         given = self.p.model_dump(exclude_defaults=True)
         return ", ".join([f"layer={self.shape.layer_idx}"] + [f"{k}={v}" for k, v in given.items()])

@@ -31,6 +31,9 @@ class Linear(Mixer):
     state_kind = "matrix"
     Params = LinearParams
 
+    def state_elements(self, context: int) -> int:
+        return self.shape.n_heads * self.shape.d_head * (self.shape.d_head + int(self.p.normalize))
+
     def featurize(self, q, k):
         phi = FEATURE_MAPS[self.p.feature_map]
         return phi(q), phi(k)
