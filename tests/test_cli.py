@@ -1,0 +1,75 @@
+"""The `studio` command: `mixers` lists every registered mixer; `summary` prints the per-layer table
+with the all-softmax comparison, and its figures follow from the model itself."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from studio import ArchSpec, build_model
+from studio.mixers import REGISTRY
+
+STUDIO = str(Path(sys.executable).with_name("studio"))
+SPEC = {"vocab_size": 1000, "d_model": 64, "n_layers": 8, "n_heads": 4, "n_kv_heads": 2,
+        "ratio": "7:1", "pattern_map": {"L": "lightning", "S": "softmax"}}
+
+
+def studio(*args, check=True):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([STUDIO, *args], capture_output=True, text=True, check=check, env=env)
+
+
+def test_console_script_is_installed():
+    assert os.access(STUDIO, os.X_OK), "pip install -e . must install the `studio` console script"
+
+
+def test_mixers_lists_every_registered_mixer():
+    rows = json.loads(studio("mixers", "--json").stdout)
+    assert {r["name"] for r in rows} == set(REGISTRY)
+    assert all("arXiv" in r["paper"] for r in rows)
+    table = studio("mixers").stdout
+    for name in REGISTRY:
+        assert name in table
+
+
+@pytest.fixture()
+def spec_file(tmp_path):
+    path = tmp_path / "minimax.json"
+    path.write_text(json.dumps(SPEC))
+    return path
+
+
+def test_summary_table_has_layers_and_all_softmax_comparison(spec_file):
+    out = studio("summary", str(spec_file)).stdout
+    lines = out.splitlines()
+    assert sum(" lightning " in l for l in lines) == 7 and sum(" softmax " in l for l in lines) == 1
+    for text in ("all-softmax total", "this / all-softmax", "state @1K", "state @32K", "state @1M"):
+        assert text in out, text
+
+
+def test_summary_figures(spec_file):
+    data = json.loads(studio("summary", str(spec_file), "--json", "--length", "2048").stdout)
+    model = build_model(ArchSpec.from_dict(SPEC))
+    assert data["params"] == sum(p.numel() for p in model.parameters())
+    kv, h, d = 2, 4, 16
+    softmax, lightning = data["layers"][7], data["layers"][0]
+    assert softmax["mixer"] == "softmax" and lightning["mixer"] == "lightning"
+    for ctx in (1024, 32768, 1048576):
+        assert softmax["state_bytes"][str(ctx)] == 2 * kv * d * ctx * 2  # K and V, bf16
+        assert lightning["state_bytes"][str(ctx)] == h * d * d * 2       # constant in the context
+    base = data["all_softmax"]
+    assert base["state_bytes"]["1048576"] == 8 * 2 * kv * d * 1048576 * 2
+    assert data["flops_per_token"] < base["flops_per_token"]
+
+
+def test_summary_of_a_bad_spec_is_a_message_not_a_traceback(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**SPEC, "n_heads": 5}))
+    result = studio("summary", str(path), check=False)
+    assert result.returncode == 2
+    assert "n_heads=5" in result.stderr and "Traceback" not in result.stderr
+    result = studio("summary", str(tmp_path / "missing.yaml"), check=False)
+    assert result.returncode == 2 and "no spec file" in result.stderr
