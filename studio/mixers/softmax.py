@@ -50,11 +50,23 @@ class Softmax(Mixer):
         if self.window is None:
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
         else:
-            t = q.shape[2]
-            gap = torch.arange(t, device=q.device)[:, None] - torch.arange(t, device=q.device)[None, :]
-            band = (gap >= 0) & (gap < self.window)
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=band, scale=self.scale, enable_gqa=True)
+            z = self._banded(q, k, v)
         return z, self._keep(k, v)
+
+    def _banded(self, q, k, v):
+        """Window attention block by block: each block of queries sees only its band of keys, so the
+        cost is O(T (block + w)) rather than a T x T mask."""
+        t, w = q.shape[2], self.window
+        block = max(64, w)
+        outs = []
+        for start in range(0, t, block):
+            end, first = min(t, start + block), max(0, start - w + 1)
+            gap = torch.arange(start, end, device=q.device)[:, None] - torch.arange(first, end, device=q.device)
+            band = (gap >= 0) & (gap < w)
+            outs.append(F.scaled_dot_product_attention(
+                q[:, :, start:end], k[:, :, first:end], v[:, :, first:end],
+                attn_mask=band, scale=self.scale, enable_gqa=True))
+        return torch.cat(outs, dim=2)
 
     def recurrent_step(self, q, k, v, state):
         keys, values = k[:, :, None], v[:, :, None]
