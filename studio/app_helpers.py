@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from studio.model import HybridLM, build_model
+from studio.presets import PRESETS as _PRESETS
 from studio.spec import ArchSpec, SpecError
 
 FORMATS = ("JSON", "YAML")
@@ -30,34 +31,12 @@ DEFAULT_SPEC = {
     "pattern_map": {"L": "lightning", "S": "softmax"},
 }
 
+# Presets shown in the app: label -> spec dict (from `studio.presets`, at the app's vocabulary).
 PRESETS = {
-    "all-softmax": {
-        "name": "all-softmax",
-        "vocab_size": 256,
-        "d_model": 64,
-        "n_layers": 4,
-        "n_heads": 4,
-        "pattern": "S",
-        "pattern_map": {"S": "softmax"},
-    },
-    "MiniMax 7:1 lightning:softmax": {
-        "name": "minimax-7to1",
-        "vocab_size": 256,
-        "d_model": 64,
-        "n_layers": 8,
-        "n_heads": 4,
-        "ratio": "7:1",
-        "pattern_map": {"L": "lightning", "S": "softmax"},
-    },
-    "sliding-window + softmax": {
-        "name": "swa-3to1",
-        "vocab_size": 256,
-        "d_model": 64,
-        "n_layers": 4,
-        "n_heads": 4,
-        "pattern": "WWWS",
-        "pattern_map": {"W": {"mixer": "sliding_window", "window": 8}, "S": "softmax"},
-    },
+    label: {"name": name, "vocab_size": 256, **_PRESETS[name]}
+    for label, name in (("all-softmax", "all-softmax"), ("MiniMax 7:1 lightning:softmax", "minimax-7to1"),
+                        ("SmallThinker: RoPE sliding window + NoPE softmax", "smallthinker-nope-rope"),
+                        ("small hybrid (lightning + softmax)", "small-hybrid"))
 }
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."

@@ -67,10 +67,25 @@ def read_config(directory: str | Path) -> dict:
     return config
 
 
+def resolve_model_dir(directory: str | Path) -> Path:
+    """A model directory, or a training run directory (its last checkpoint)."""
+    directory = Path(directory)
+    run_file = directory / "run.json"
+    if not (directory / CONFIG_FILE).is_file() and run_file.is_file():
+        try:
+            last = json.loads(run_file.read_text()).get("last_checkpoint")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{run_file} is corrupt (line {err.lineno}: {err.msg})") from None
+        if not last:
+            raise FileNotFoundError(f"run {str(directory)!r} has no checkpoint yet")
+        return directory / last
+    return directory
+
+
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> "HybridLM":
     from studio.model import build_model
 
-    directory = Path(directory)
+    directory = resolve_model_dir(directory)
     config = read_config(directory)
     spec = ArchSpec.from_dict(config["spec"])
     weights = directory / WEIGHTS_FILE

@@ -1,4 +1,4 @@
-"""The `studio` command: `studio mixers`, `studio summary SPEC`.
+"""The `studio` command: mixers, summary, train, eval, runs.
 
 Bad input ends with a one-paragraph message on stderr and exit status 2, never a traceback.
 """
@@ -59,6 +59,87 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def _value(text: str):
+    """A --task-args value: JSON when it parses (numbers, true/false, null, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _task_args(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--task-args takes key=value pairs, got {pair!r} (e.g. --task-args seq_len=64 num_pairs=8)")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _value(value)
+    return out
+
+
+def _spec_for(spec: str | None, task) -> "ArchSpec":
+    from studio.presets import DEFAULT, PRESETS, preset
+    from studio.spec import ArchSpec
+
+    if spec is None or spec in PRESETS:
+        return preset(spec or DEFAULT, vocab_size=task.vocab_size)
+    return ArchSpec.load(spec)
+
+
+def cmd_train(args) -> int:
+    from studio import tasks
+    from studio.train import train
+
+    opts = {k: v for k, v in {
+        "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup, "grad_clip": args.grad_clip,
+        "eval_every": args.eval_every, "ckpt_every": args.ckpt_every, "seed": args.seed, "device": args.device,
+        "stop_at_accuracy": args.stop_at_accuracy, "weight_decay": args.weight_decay,
+    }.items() if v is not None}
+    opts["progress"] = not args.no_progress
+    if args.resume:
+        out = train(None, None, args.steps, args.out, resume=True, **opts)
+    else:
+        if args.task is None:
+            raise ValueError("--task is required (one of: " + ", ".join(sorted(tasks.REGISTRY)) + ")")
+        task = tasks.get(args.task, **_task_args(args.task_args))
+        out = train(_spec_for(args.spec, task), task, args.steps, args.out, **opts)
+    from studio.train import read_run
+
+    run = read_run(out)
+    print(json.dumps({"run": str(out), "status": run["status"], **run.get("final", {})}, indent=2))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from studio import tasks
+    from studio.model import HybridLM
+    from studio.train import evaluate, read_run
+
+    run = read_run(args.run)
+    name = args.task or run["task"]["name"]
+    task_args = run["task"]["args"] if name == run["task"]["name"] else {}
+    task = tasks.get(name, **{**task_args, **_task_args(args.task_args)})
+    model = HybridLM.load(args.run)
+    print(json.dumps({"run": str(args.run), "task": name, **evaluate(model, task, args.batches, args.batch_size,
+                                                                      seed=args.seed)}, indent=2))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from studio.runs import list_runs
+
+    rows = list_runs(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ["run", "task", "mixers", "step", "status", "eval loss", "eval accuracy", "created"]
+    table_rows = [[r["name"], r["task"], r["mixers"], f"{r['step']}/{r['steps']}", r["status"],
+                   "" if r.get("eval_loss") is None else f"{r['eval_loss']:.4f}",
+                   "" if r.get("eval_accuracy") is None else f"{r['eval_accuracy']:.4f}", r["created"]] for r in rows]
+    Console(width=max(140, Console().width)).print(_table(f"Runs in {args.dir}", header, table_rows, right_from=3))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="studio", description="Hybrid Attention Studio")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +152,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype-bytes", type=int, default=2, help="bytes per stored number (default 2: bf16)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train a model on a task (works under torchrun for DDP)")
+    p.add_argument("--spec", help="a spec file or a preset name (default: small-softmax)")
+    p.add_argument("--task", help="mqar, needle, copy, selective_copy, arithmetic or text")
+    p.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE", help="task arguments, e.g. seq_len=64")
+    p.add_argument("--steps", type=int, required=True, help="total optimizer steps")
+    p.add_argument("--out", required=True, help="run directory (e.g. runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    for flag, kind in (("--batch-size", int), ("--lr", float), ("--warmup", int), ("--grad-clip", float),
+                       ("--eval-every", int), ("--ckpt-every", int), ("--seed", int), ("--weight-decay", float),
+                       ("--stop-at-accuracy", float)):
+        p.add_argument(flag, type=kind)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's model on a task")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--task", help="task name (default: the run's task)")
+    p.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=4321)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("runs", help="list runs with their final metrics")
+    p.add_argument("--dir", default="runs", help="directory holding run directories (default: runs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
     return parser
 
 
@@ -78,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # SpecError is a ValueError
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:  # SpecError is a ValueError
         print(f"studio {args.command}: {err}", file=sys.stderr)
         return 2
 

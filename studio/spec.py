@@ -335,7 +335,7 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
         msg = e["msg"].removeprefix("Value error, ")
         field = _loc(e["loc"])
         if e["type"] == "extra_forbidden":
-            msg = f"unknown field; allowed fields: {', '.join(ArchSpec.model_fields)}"
+            msg = f"unknown field; allowed fields: {', '.join([*ArchSpec.model_fields, 'pattern', 'ratio', 'pattern_map'])}"
         elif e["type"] not in ("value_error",) and "input" in e and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
         problems.append((field, msg))

@@ -1,0 +1,33 @@
+"""Named architecture specs: small ones that train on a laptop CPU, and the seed papers' layouts."""
+
+from __future__ import annotations
+
+from studio.spec import ArchSpec
+
+_SMALL = {"d_model": 64, "n_heads": 4, "mlp": "swiglu", "mlp_ratio": 4.0}
+
+PRESETS: dict[str, dict] = {
+    # two-layer models for recall tasks on a CPU (Zoology-sized)
+    "small-softmax": {**_SMALL, "n_layers": 2, "pattern": "S", "pattern_map": {"S": "softmax"}},
+    "small-lightning": {**_SMALL, "n_layers": 2, "pattern": "L", "pattern_map": {"L": "lightning"}},
+    "small-linear": {**_SMALL, "n_layers": 2, "pattern": "N", "pattern_map": {"N": "linear"}},
+    "small-sliding-window": {**_SMALL, "n_layers": 2, "pattern": "W",
+                             "pattern_map": {"W": {"mixer": "sliding_window", "window": 16}}},
+    "small-hybrid": {**_SMALL, "n_layers": 2, "pattern": "LS", "pattern_map": {"L": "lightning", "S": "softmax"}},
+    # layouts of the seed papers (REFERENCE.md section 2), at a small width
+    "all-softmax": {**_SMALL, "d_model": 128, "n_layers": 8, "pattern": "S", "pattern_map": {"S": "softmax"}},
+    "minimax-7to1": {**_SMALL, "d_model": 128, "n_layers": 8, "ratio": "7:1",
+                     "pattern_map": {"L": "lightning", "S": "softmax"}},
+    "smallthinker-nope-rope": {**_SMALL, "d_model": 128, "n_layers": 8, "pattern": "WWWG",
+                               "pattern_map": {"W": {"mixer": "sliding_window", "window": 64},
+                                               "G": {"mixer": "softmax", "positional": "nope"}}},
+}
+
+DEFAULT = "small-softmax"
+
+
+def preset(name: str, vocab_size: int = 256) -> ArchSpec:
+    """The named preset as a spec with this vocabulary size."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return ArchSpec.from_dict({"name": name, "vocab_size": vocab_size, **PRESETS[name]})
