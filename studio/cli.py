@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from rich.console import Console
@@ -105,8 +106,9 @@ def cmd_train(args) -> int:
         out = train(_spec_for(args.spec, task), task, args.steps, args.out, **opts)
     from studio.train import read_run
 
-    run = read_run(out)
-    print(json.dumps({"run": str(out), "status": run["status"], **run.get("final", {})}, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
+        run = read_run(out)
+        print(json.dumps({"run": str(out), "status": run["status"], **run.get("final", {})}, indent=2))
     return 0
 
 

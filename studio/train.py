@@ -90,7 +90,8 @@ def _distributed() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("STUDIO_DDP_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dist.init_process_group(backend, device_id=torch.device("cuda", local) if backend == "nccl" else None)
     if world > 1:
         return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
     return 0, 1, 0
@@ -100,6 +101,7 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but no CUDA GPU is visible; use device='cpu'")
+        torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -232,6 +234,7 @@ def train(
     `out_dir` from its last checkpoint (spec, task and options come from the run record).
     """
     out = Path(out_dir)
+    rank, world, local_rank = _distributed()
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(opts) - known)
     if unknown:
@@ -260,8 +263,8 @@ def train(
                                   "or choose another output directory")
     cfg.validate()
     _check_fit(spec, task)
-
-    rank, world, local_rank = _distributed()
+    if world > 1:
+        dist.barrier()  # every process has checked the run directory before rank 0 writes to it
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} does not split over {world} processes; use a multiple of {world}")
     device = _device(cfg, local_rank)
@@ -359,8 +362,23 @@ def train(
             run.update(status=status, final={"step": run["step"], **{f"eval_{k}": v for k, v in last_eval.items()}})
             _write_run(out, run)
         if world > 1:
-            dist.barrier()
+            _record_rank_checksums(model, out, rank, world)
     return out
+
+
+def _record_rank_checksums(model: HybridLM, out: Path, rank: int, world: int) -> None:
+    """Under DDP every process must end with the same weights: gather a checksum from each and
+    record them in run.json (`ddp_checksums`), so a silent divergence is visible."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) % 1009
+    checksum = torch.stack([flat.sum(), (flat * weights).sum()])
+    gathered = [torch.zeros_like(checksum) for _ in range(world)]
+    dist.all_gather(gathered, checksum)
+    if rank == 0:
+        run = read_run(out)
+        run["ddp_checksums"] = [g.tolist() for g in gathered]
+        _write_run(out, run)
+    dist.barrier()
 
 
 def _trim_metrics(path: Path, step: int) -> None:
