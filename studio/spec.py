@@ -170,6 +170,9 @@ class ArchSpec(BaseModel):
     tie_embeddings: bool = True
     bias: bool = False
     rope_base: float = Field(default=10000.0, gt=0)
+    # Multiplier of tied-embedding logits. None: 1/sqrt(d_model), which keeps logits at unit scale
+    # with unit-variance embeddings; models imported from elsewhere set 1.0.
+    logit_scale: float | None = Field(default=None, gt=0)
     layers: list[LayerSpec]
 
     @model_validator(mode="before")
@@ -220,6 +223,10 @@ class ArchSpec(BaseModel):
                     f"make the model smaller or raise the cap with {env}"
                 )
         return self
+
+    @property
+    def resolved_logit_scale(self) -> float:
+        return self.d_model**-0.5 if self.logit_scale is None else self.logit_scale
 
     # ---- sizes -------------------------------------------------------------------------------
     @property

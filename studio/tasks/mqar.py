@@ -15,7 +15,7 @@ from studio.tasks.base import IGNORE, Batch, Task, check
 class MQAR(Task):
     name = "mqar"
 
-    def __init__(self, vocab_size: int = 256, seq_len: int = 64, num_pairs: int = 8, power_a: float = 0.01):
+    def __init__(self, vocab_size: int = 128, seq_len: int = 64, num_pairs: int = 8, power_a: float = 0.01):
         check(vocab_size > seq_len, f"mqar needs vocab_size > seq_len (got {vocab_size} <= {seq_len}); raise vocab_size")
         check(num_pairs >= 1, f"num_pairs must be >= 1, got {num_pairs}")
         check(4 * num_pairs <= seq_len, f"mqar needs 4 * num_pairs <= seq_len (got 4 * {num_pairs} > {seq_len}); "
