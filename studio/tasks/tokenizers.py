@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class SmolLM2Tokenizer:
         return self._tok.decode([int(i) for i in ids])
 
 
+@functools.lru_cache(maxsize=4)
 def get_tokenizer(name: str):
     if name == "bytes":
         return ByteTokenizer()
