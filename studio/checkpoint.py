@@ -53,29 +53,34 @@ def save_model(model: "HybridLM", directory: str | Path) -> Path:
     return directory
 
 
-def read_config(directory: str | Path) -> dict:
-    directory = Path(directory)
-    path = directory / CONFIG_FILE
+def read_record(path: str | Path, expected_format: str, missing_hint: str) -> dict:
+    """A JSON record the studio wrote (a model config or a run record), checked for its format."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {str(directory)!r}: is this a directory written by model.save?")
+        raise FileNotFoundError(f"no {path.name} in {str(path.parent)!r}: {missing_hint}")
     try:
-        config = json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON (line {err.lineno}): {err.msg}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT or "spec" not in config:
-        raise ValueError(f"{path} is not a studio model config (expected format {FORMAT!r})")
+    if not isinstance(record, dict) or record.get("format") != expected_format:
+        raise ValueError(f"{path} is not a studio record of format {expected_format!r}")
+    return record
+
+
+def read_config(directory: str | Path) -> dict:
+    config = read_record(Path(directory) / CONFIG_FILE, FORMAT, "is this a directory written by model.save?")
+    if "spec" not in config:
+        raise ValueError(f"{Path(directory) / CONFIG_FILE} has no spec")
     return config
 
 
 def resolve_model_dir(directory: str | Path) -> Path:
     """A model directory, or a training run directory (its last checkpoint)."""
+    from studio.train import read_run
+
     directory = Path(directory)
-    run_file = directory / "run.json"
-    if not (directory / CONFIG_FILE).is_file() and run_file.is_file():
-        try:
-            last = json.loads(run_file.read_text()).get("last_checkpoint")
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{run_file} is corrupt (line {err.lineno}: {err.msg})") from None
+    if not (directory / CONFIG_FILE).is_file() and (directory / "run.json").is_file():
+        last = read_run(directory).get("last_checkpoint")
         if not last:
             raise FileNotFoundError(f"run {str(directory)!r} has no checkpoint yet")
         return directory / last

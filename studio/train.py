@@ -26,7 +26,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from studio.checkpoint import atomic_write, atomic_write_text, save_model
+from studio.checkpoint import atomic_write_text, read_record, save_model
 from studio.model import HybridLM, build_model
 from studio.spec import ArchSpec
 from studio.tasks import Task
@@ -112,16 +112,8 @@ def _checkpoint_name(step: int) -> str:
 
 
 def read_run(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory (no {RUN_FILE}); runs are written by studio train")
-    try:
-        run = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is corrupt (line {err.lineno}: {err.msg})") from None
-    if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
-        raise ValueError(f"{path} is not a studio run record (expected format {RUN_FORMAT!r})")
-    return run
+    """The run record (run.json) of a run directory written by `train`."""
+    return read_record(Path(run_dir) / RUN_FILE, RUN_FORMAT, "run directories are written by studio train")
 
 
 def _write_run(run_dir: Path, run: dict) -> None:

@@ -162,3 +162,44 @@ def test_page_builds_and_shows_errors(server_url, tmp_path):
             expect(page.locator("body")).not_to_contain_text("Traceback")
         finally:
             browser.close()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if int(hex_port, 16) == port and state == "0A":  # LISTEN
+                found.add(address)
+    return found
+
+
+def test_python_app_py_serves_on_loopback_only():
+    """`python app.py` (what `make run` starts) serves the page, bound to 127.0.0.1 by default."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = _free_port()
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        page = None
+        for _ in range(600):  # waiting for start-up, not timing it
+            if proc.poll() is not None:
+                break
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert page is not None and "Hybrid Attention Studio" in page, "app.py did not serve its page"
+        assert _listening_addresses(port) == {"0100007F"}, "the app must listen on 127.0.0.1 only"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
