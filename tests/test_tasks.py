@@ -145,3 +145,14 @@ def test_smollm2_tokenizer_reads_the_installed_model():
     batch = task.sample(2, gen())
     assert task.vocab_size == 49152 and int(batch.inputs.max()) < 49152
     assert torch.equal(batch.inputs[:, 1:], batch.targets[:, :-1])
+
+
+def test_needle_accuracy_by_depth_reports_every_depth():
+    from studio import build_model
+    from studio.presets import preset
+    from studio.tasks.needle import accuracy_by_depth
+
+    task = tasks.get("needle", seq_len=48)
+    model = build_model(preset("small-softmax", task.vocab_size))
+    result = accuracy_by_depth(model, task, depths=(0.0, 0.5, 1.0), examples=16)
+    assert list(result) == [0.0, 0.5, 1.0] and all(0.0 <= v <= 1.0 for v in result.values())
