@@ -1,0 +1,40 @@
+"""Analyses of hybrid models through their hooks: the preplan-and-anchor attention rhythm of
+"Attention Illuminates LLM Reasoning: The Preplan-and-Anchor Rhythm Enables Fine-Grained Policy
+Optimization" (arXiv 2510.13554).
+
+    import analyses, studio
+    model = studio.build_model(spec, seed=0)
+    r = analyses.rhythm(model, tokens, response_start=10)   # one hooked forward
+    r.preplan, r.anchors, r.waad, r.fai, r.statistics
+
+`analyses.metrics` holds the pure tensor formulas (head_span, head_groups, waad, fai, waad_delta, top_q,
+select_layers, rhythm_statistics); `analyses.rhythm` applies them to a model (see /work/shared/REFERENCE.md
+sections 4 and 5 for the definitions).
+"""
+
+from analyses.metrics import (
+    fai,
+    head_groups,
+    head_span,
+    rhythm_statistics,
+    select_layers,
+    top_count,
+    top_q,
+    waad,
+    waad_delta,
+)
+from analyses.rhythm import Rhythm, rhythm
+
+__all__ = [
+    "Rhythm",
+    "fai",
+    "head_groups",
+    "head_span",
+    "rhythm",
+    "rhythm_statistics",
+    "select_layers",
+    "top_count",
+    "top_q",
+    "waad",
+    "waad_delta",
+]
