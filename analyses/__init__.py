@@ -38,3 +38,19 @@ __all__ = [
     "waad",
     "waad_delta",
 ]
+
+from analyses.streaming import (  # noqa: E402
+    mixer_qk_from_cache,
+    mixer_stats,
+    streaming_linear_stats,
+    streaming_rhythm,
+    streaming_softmax_stats,
+)
+
+__all__ += [
+    "mixer_qk_from_cache",
+    "mixer_stats",
+    "streaming_linear_stats",
+    "streaming_rhythm",
+    "streaming_softmax_stats",
+]

@@ -72,7 +72,8 @@ class MixerShape:
 
 
 class Mixer(nn.Module):
-    # What `studio mixers` lists about a mixer.
+    # What `studio mixers` lists about a mixer. Read `name` from the class (`type(mixer).name`):
+    # inside a model, TransformerLens's setup() sets each module's instance `name` to its path.
     name: ClassVar[str]
     paper: ClassVar[str]
     time_complexity: ClassVar[str]  # training / prefill cost over a sequence of length T
