@@ -54,3 +54,23 @@ __all__ += [
     "streaming_rhythm",
     "streaming_softmax_stats",
 ]
+
+from analyses.figures import (  # noqa: E402
+    graph_figure,
+    head_grid,
+    head_span_bars,
+    highlighted_text_html,
+    rhythm_trace,
+)
+from analyses.graph import anchor_centrality_overlap, centralities, token_graph  # noqa: E402
+
+__all__ += [
+    "anchor_centrality_overlap",
+    "centralities",
+    "graph_figure",
+    "head_grid",
+    "head_span_bars",
+    "highlighted_text_html",
+    "rhythm_trace",
+    "token_graph",
+]
