@@ -43,8 +43,8 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32          # global batch (all processes together)
-    lr: float = 3e-3
+    batch_size: int = 64          # global batch (all processes together)
+    lr: float = 1e-3              # the best rate for small-softmax on MQAR (docs/benchmarks.md)
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)
     warmup: int = 50              # steps of linear warm-up
