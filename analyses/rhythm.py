@@ -77,6 +77,29 @@ def rhythm(
     position of R, 0 <= response_start < T. layers: None for `select_layers(model.spec.n_layers)` (5 evenly
     spaced middle layers). q_heads: share of (layer, head) pairs in each head group; window: WAAD's W;
     h_lo / h_hi: FAI's horizon (h_hi=None: to the end); q: share of R marked preplan / anchor."""
+    tokens, response_start, layers = prepare(model, tokens, response_start, layers)
+    names = {_pattern_name(layer) for layer in layers}
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in names)
+    first = cache[_pattern_name(layers[0])]
+    dtype = torch.float32 if first.device.type == "mps" else torch.float64
+    patterns = {layer: cache[_pattern_name(layer)][0].detach().to(dtype) for layer in layers}  # [H, T, T]
+
+    spans = {layer: head_span(patterns[layer], response_start) for layer in layers}
+    local_idx, global_idx = head_groups(torch.stack([spans[layer] for layer in layers]), q_heads)
+    local_heads = [(layers[row], head) for row, head in local_idx.tolist()]
+    global_heads = [(layers[row], head) for row, head in global_idx.tolist()]
+    abar_loc = torch.stack([patterns[layer][head] for layer, head in local_heads]).mean(0)
+    abar_glob = torch.stack([patterns[layer][head] for layer, head in global_heads]).mean(0)
+
+    waad_t = waad(abar_loc, window)
+    fai_t = fai(abar_glob, h_lo, h_hi, response_start)
+    return finish(layers, spans, local_heads, global_heads, waad_t, fai_t, logits[0], tokens, response_start, q, dtype)
+
+
+def prepare(model, tokens, response_start: int, layers: list[int] | None) -> tuple[torch.Tensor, int, list[int]]:
+    """Checked inputs shared by `rhythm` and `analyses.streaming.streaming_rhythm`:
+    tokens as [T], response_start in [0, T), and the sorted layers (default: `select_layers`)."""
     tokens = torch.as_tensor(tokens)
     if tokens.ndim == 2:
         if tokens.shape[0] != 1:
@@ -94,30 +117,16 @@ def rhythm(
     layers = sorted({int(layer) for layer in layers})
     if not layers or layers[0] < 0 or layers[-1] >= n_layers:
         raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1}, got {layers}")
+    return tokens, response_start, layers
 
-    names = {_pattern_name(layer) for layer in layers}
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in names)
-    first = cache[_pattern_name(layers[0])]
-    dtype = torch.float32 if first.device.type == "mps" else torch.float64
-    patterns = {layer: cache[_pattern_name(layer)][0].detach().to(dtype) for layer in layers}  # [H, T, T]
 
-    spans = {layer: head_span(patterns[layer], response_start) for layer in layers}
-    local_idx, global_idx = head_groups(torch.stack([spans[layer] for layer in layers]), q_heads)
-    local_heads = [(layers[row], head) for row, head in local_idx.tolist()]
-    global_heads = [(layers[row], head) for row, head in global_idx.tolist()]
-    abar_loc = torch.stack([patterns[layer][head] for layer, head in local_heads]).mean(0)
-    abar_glob = torch.stack([patterns[layer][head] for layer, head in global_heads]).mean(0)
-
-    waad_t = waad(abar_loc, window)
+def finish(layers, spans, local_heads, global_heads, waad_t, fai_t, logits, tokens, response_start, q, dtype) -> Rhythm:
+    """Token sets, entropy and statistics from the WAAD and FAI series (shared by both paths)."""
     delta = waad_delta(waad_t)
-    fai_t = fai(abar_glob, h_lo, h_hi, response_start)
     preplan = top_q(delta, q, response_start)
     anchors = top_q(fai_t, q, response_start)
-
-    logp = torch.log_softmax(logits[0].detach().to(dtype), dim=-1)
+    logp = torch.log_softmax(logits.detach().to(dtype), dim=-1)
     entropy = -(logp.exp() * logp).sum(-1)
-
     statistics = rhythm_statistics(
         waad_t, fai_t, entropy, response_start, generator=torch.Generator().manual_seed(0), q=q,
         preplan=preplan, anchors=anchors,

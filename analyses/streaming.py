@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import torch
 
-from analyses.metrics import head_groups, rhythm_statistics, select_layers, top_q, waad_delta
-from analyses.rhythm import Rhythm
+from analyses.metrics import head_groups
+from analyses.rhythm import Rhythm, finish, prepare
 
 __all__ = [
     "streaming_softmax_stats",
@@ -347,24 +347,7 @@ def streaming_rhythm(
     streaming spans (`metrics.head_groups` over the [layers, heads] span matrix); WAAD / FAI = the mean of
     the group heads' per-head series (WAAD and FAI are linear in the pattern). Same arguments and result
     as `analyses.rhythm` (plus `block`, the key / chunk block size)."""
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim == 2:
-        if tokens.shape[0] != 1:
-            raise ValueError(f"rhythm analyses one sequence at a time; got a batch of {tokens.shape[0]}")
-        tokens = tokens[0]
-    if tokens.ndim != 1:
-        raise ValueError(f"tokens must be [T] or [1, T], got {tuple(tokens.shape)}")
-    n = tokens.shape[0]
-    response_start = int(response_start)
-    if not 0 <= response_start < n:
-        raise ValueError(f"response_start must lie in [0, {n}) for {n} tokens, got {response_start}")
-    n_layers = int(model.spec.n_layers)
-    if layers is None:
-        layers = select_layers(n_layers)
-    layers = sorted({int(layer) for layer in layers})
-    if not layers or layers[0] < 0 or layers[-1] >= n_layers:
-        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1}, got {layers}")
-
+    tokens, response_start, layers = prepare(model, tokens, response_start, layers)
     names = {name for layer in layers for name in _qk_names(model.blocks[layer].attn, layer)}
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in names)
@@ -381,20 +364,4 @@ def streaming_rhythm(
     global_heads = [(layers[row], head) for row, head in global_idx.tolist()]
     waad_t = torch.stack([stats[layer]["waad"][0, head] for layer, head in local_heads]).mean(0)
     fai_t = torch.stack([stats[layer]["fai"][0, head] for layer, head in global_heads]).mean(0)
-    delta = waad_delta(waad_t)
-    preplan = top_q(delta, q, response_start)
-    anchors = top_q(fai_t, q, response_start)
-
-    logp = torch.log_softmax(logits[0].detach().to(dtype), dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-
-    statistics = rhythm_statistics(
-        waad_t, fai_t, entropy, response_start, generator=torch.Generator().manual_seed(0), q=q,
-        preplan=preplan, anchors=anchors,
-    )
-    return Rhythm(
-        layers=layers, head_span=spans, local_heads=local_heads, global_heads=global_heads,
-        waad=waad_t, waad_delta=delta, fai=fai_t, preplan=preplan, anchors=anchors, entropy=entropy,
-        statistics=statistics, tokens=tokens, response_start=response_start,
-    )
-
+    return finish(layers, spans, local_heads, global_heads, waad_t, fai_t, logits[0], tokens, response_start, q, dtype)
