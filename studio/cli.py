@@ -1,4 +1,4 @@
-"""The `studio` command: mixers, summary, train, eval, runs.
+"""The `studio` command: mixers, summary, train, eval, runs, analyze.
 
 Bad input ends with a one-paragraph message on stderr and exit status 2, never a traceback.
 """
@@ -142,6 +142,54 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    import analyses
+    from analyses.report import report_html, rhythm_report
+    from studio.checkpoint import atomic_write_text
+
+    if (args.run is None) == (args.pretrained is None):
+        raise ValueError("give exactly one of --run DIR or --pretrained smollm2")
+    if args.run is not None:
+        from studio.model import HybridLM
+        from studio.tasks.tokenizers import ByteTokenizer
+
+        model, tokenizer = HybridLM.load(args.run), ByteTokenizer()
+        if tokenizer.vocab_size > model.spec.vocab_size:
+            raise ValueError(f"the run's vocab_size {model.spec.vocab_size} is smaller than the byte tokenizer's "
+                             f"{tokenizer.vocab_size}; analyze it from Python with token ids of its task")
+        prompt, text = "", args.text
+    else:
+        from studio.pretrained import chat_prompt, load_smollm2
+
+        model, tokenizer = load_smollm2()
+        prompt = chat_prompt(tokenizer, args.text)
+        text = None
+    if not args.text:
+        raise ValueError("--text is empty; give the text (or, with --pretrained, the question) to analyse")
+    model.eval()
+    import torch
+
+    if text is None:  # the pretrained model answers, and the answer is analysed
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        ids = model.generate(torch.tensor([prompt_ids]), args.max_new_tokens, stop_token=tokenizer.eos_token_id)[0]
+        response_start = len(prompt_ids)
+        labels = [tokenizer.decode([int(i)]) for i in ids]
+    else:
+        ids = torch.tensor(tokenizer.encode(text))
+        response_start = args.response_start or 0
+        labels = [tokenizer.decode([int(i)]) for i in ids]
+    if len(ids) < 2 or response_start >= len(ids):
+        raise ValueError(f"{len(ids)} tokens with response_start={response_start}: nothing to analyse")
+    r = analyses.rhythm(model, ids, response_start)
+    report = rhythm_report(r, labels)
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    if args.html:
+        atomic_write_text(args.html, report_html(r, labels))
+    print(json.dumps({"out": args.out, "html": args.html, "tokens": len(labels), "response_start": response_start,
+                      "preplan": len(report["preplan"]), "anchors": len(report["anchors"])}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="studio", description="Hybrid Attention Studio")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=4321)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("analyze", help="preplan/anchor rhythm of a text (arXiv 2510.13554) as JSON and HTML")
+    p.add_argument("--run", help="a run directory (byte-level model)")
+    p.add_argument("--pretrained", choices=["smollm2"], help="SmolLM2-135M-Instruct answers --text, then is analysed")
+    p.add_argument("--text", required=True, help="the text to analyse (with --pretrained: the question)")
+    p.add_argument("--response-start", type=int, default=0, help="first response position (with --run)")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="answer length (with --pretrained)")
+    p.add_argument("--out", required=True, help="report.json path")
+    p.add_argument("--html", help="report.html path")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("runs", help="list runs with their final metrics")
     p.add_argument("--dir", default="runs", help="directory holding run directories (default: runs)")

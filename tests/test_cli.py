@@ -73,3 +73,37 @@ def test_summary_of_a_bad_spec_is_a_message_not_a_traceback(tmp_path):
     assert "n_heads=5" in result.stderr and "Traceback" not in result.stderr
     result = studio("summary", str(tmp_path / "missing.yaml"), check=False)
     assert result.returncode == 2 and "no spec file" in result.stderr
+
+
+def test_analyze_a_run_writes_json_and_html(tmp_path):
+    from studio import tasks
+    from studio.presets import preset
+    from studio.train import train
+
+    run = train(preset("small-hybrid", 258), tasks.get("text", seq_len=32), 3, tmp_path / "run", batch_size=4,
+                progress=False)
+    text = "Lists are mutable; tuples are not. A <b>list</b> can grow."
+    studio("analyze", "--run", str(run), "--text", text, "--response-start", "12",
+           "--out", str(tmp_path / "r.json"), "--html", str(tmp_path / "r.html"))
+    report = json.loads((tmp_path / "r.json").read_text())
+    n = len(text.encode())
+    assert len(report["tokens"]) == len(report["waad"]) == len(report["fai"]) == n
+    assert "".join(t["text"] for t in report["tokens"]) == text
+    assert report["preplan"] and all(i >= 12 for i in report["preplan"] + report["anchors"])
+    page = (tmp_path / "r.html").read_text()
+    assert "&lt;" in page and "<b>list" not in page and "<b>" not in page and "plotly" in page
+    result = studio("analyze", "--text", "x", "--out", str(tmp_path / "x.json"), check=False)
+    assert result.returncode == 2 and "exactly one of --run" in result.stderr
+
+
+def test_analyze_pretrained_smollm2_answer(tmp_path):
+    env = {**os.environ, "COLUMNS": "200", "STUDIO_CACHE": str(tmp_path / "cache")}
+    subprocess.run([STUDIO, "analyze", "--pretrained", "smollm2", "--text", "Tom has 3 apples and buys 5 more. "
+                    "How many apples does he have?", "--max-new-tokens", "40", "--out", str(tmp_path / "r.json"),
+                    "--html", str(tmp_path / "r.html")], check=True, capture_output=True, env=env)
+    report = json.loads((tmp_path / "r.json").read_text())
+    answer = "".join(t["text"] for t in report["tokens"][report["response_start"]:])
+    assert "8" in answer  # the model really answered
+    assert report["anchors"] and min(report["anchors"]) >= report["response_start"]
+    assert len(report["layers"]) == 5 and all(10 <= layer <= 20 for layer in report["layers"])  # 30 layers
+    assert (tmp_path / "r.html").stat().st_size > 10_000
