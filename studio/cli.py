@@ -149,6 +149,8 @@ def cmd_analyze(args) -> int:
 
     if (args.run is None) == (args.pretrained is None):
         raise ValueError("give exactly one of --run DIR or --pretrained smollm2")
+    if not args.text.strip():  # checked before any model is loaded
+        raise ValueError("--text is empty; give the text (or, with --pretrained, the question) to analyse")
     if args.run is not None:
         from studio.model import HybridLM
         from studio.tasks.tokenizers import ByteTokenizer
@@ -164,8 +166,6 @@ def cmd_analyze(args) -> int:
         model, tokenizer = load_smollm2()
         prompt = chat_prompt(tokenizer, args.text)
         text = None
-    if not args.text:
-        raise ValueError("--text is empty; give the text (or, with --pretrained, the question) to analyse")
     model.eval()
     import torch
 

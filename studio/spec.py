@@ -329,7 +329,7 @@ def _loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after[_check_mixer_params()]",) or str(part).startswith(("function-", "model")):
+        elif str(part).startswith(("function-", "model")):  # pydantic's validator frames, not fields
             continue
         else:
             out += ("." if out else "") + str(part)
