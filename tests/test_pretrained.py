@@ -238,3 +238,32 @@ def test_untied_random_llama_matches_transformers():
     # The copy is independent of the source.
     ours.embed.weight.data.zero_()
     assert hf_model.model.embed_tokens.weight.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_streaming_rhythm_matches_materialised_rhythm_on_smollm2_answer(hf, studio_model):
+    """Issue 4: on a trained model, the streaming statistics (q/k hooks only, no T x T pattern) give the
+    same per-token series and token sets as the materialised patterns, on a chat-formatted word problem
+    and the answer SmolLM2 writes to it."""
+    import analyses
+    from analyses.streaming import streaming_rhythm
+
+    _require_wheel()
+    tokenizer = hf[1]
+    prompt = chat_prompt(tokenizer, "Tom has 3 apples and buys 5 more. How many apples does he have now?")
+    ids = _ids(tokenizer, prompt)
+    full = studio_model.generate(ids, max_new_tokens=40)[0]
+    start = ids.shape[1]
+    for kwargs in (dict(), dict(h_hi=None), dict(layers=[0, 14, 29], window=4)):
+        want = analyses.rhythm(studio_model, full, start, **kwargs)
+        got = streaming_rhythm(studio_model, full, start, block=32, **kwargs)
+        assert got.layers == want.layers and got.local_heads == want.local_heads
+        assert got.global_heads == want.global_heads
+        for layer in want.layers:
+            assert torch.allclose(got.head_span[layer], want.head_span[layer], rtol=0, atol=1e-4), layer
+        for key in ("waad", "fai"):
+            a, b = getattr(got, key), getattr(want, key)
+            err = (a - b).abs().max().item()
+            assert err <= 1e-4, (kwargs, key, err)
+            assert b[start:].abs().max() > 0.01, (kwargs, key)  # a real signal, not two zero vectors
+        assert torch.equal(got.anchors, want.anchors) and torch.equal(got.preplan, want.preplan)

@@ -78,6 +78,8 @@ class Mixer(nn.Module):
     paper: ClassVar[str]
     time_complexity: ClassVar[str]  # training / prefill cost over a sequence of length T
     state_kind: ClassVar[Literal["kv_cache", "window", "matrix"]]
+    # The family the mixer belongs to, for grouping and colouring in views ("softmax", "linear", ...).
+    family: ClassVar[str] = "other"
     Params: ClassVar[type[MixerParams]] = MixerParams
     group_kv: ClassVar[bool] = False
 

@@ -52,6 +52,7 @@ class Lightning(Mixer):
     paper = "Lightning Attention-2 (arXiv 2401.04658); MiniMax-01 (arXiv 2501.08313)"
     time_complexity = "O(T d^2)"
     state_kind = "matrix"
+    family = "linear"
     Params = LightningParams
 
     def init_mixer(self):

@@ -29,6 +29,7 @@ class Linear(Mixer):
     paper = "Transformers are RNNs (arXiv 2006.16236)"
     time_complexity = "O(T d^2)"
     state_kind = "matrix"
+    family = "linear"
     Params = LinearParams
 
     def state_elements(self, context: int) -> int:

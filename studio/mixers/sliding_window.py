@@ -20,6 +20,7 @@ class SlidingWindow(Softmax):
     paper = "Longformer (arXiv 2004.05150); Mistral 7B (arXiv 2310.06825)"
     time_complexity = "O(T w d)"
     state_kind = "window"
+    family = "softmax"
     Params = SlidingWindowParams
 
     @property

@@ -31,6 +31,7 @@ class Softmax(Mixer):
     paper = "Attention Is All You Need (arXiv 1706.03762)"
     time_complexity = "O(T^2 d)"
     state_kind = "kv_cache"
+    family = "softmax"
     group_kv = True
 
     @property
