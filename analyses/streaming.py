@@ -17,10 +17,11 @@ Each stats function returns, per batch row b and head h,
 with R = {t >= response_start}. WAAD and FAI are linear in A, so the WAAD / FAI of a head-group average
 pattern is the mean of the heads' series (what `streaming_rhythm` uses).
 
-Softmax (two passes over key blocks, memory O(B H T block)): pass 1 accumulates each query row's
-log-sum-exp block by block (logaddexp of the blocks' logsumexp); pass 2 recomputes each block's
-probabilities p[t,s] = exp(q_t.k_s scale - lse_t) and accumulates per row sum_s p (t-s) and
-sum_s p min(t-s, W), and per column the sum of p over t in T(s). |T(s)| is closed-form.
+Softmax: `kernels.reference.softmax_attention_stats_reference` (torch, two passes over key blocks, memory
+O(B H T block)): pass 1 accumulates each query row's log-sum-exp block by block; pass 2 recomputes each
+block's probabilities p[t,s] = exp(q_t.k_s scale - lse_t) and accumulates per row sum_s p (t-s) and
+sum_s p min(t-s, W), and per column the sum of p over t in T(s). |T(s)| is closed-form. On CUDA the Triton
+kernel `kernels.softmax_attention_stats` computes the same (online softmax over rows, then a column pass).
 
 Linear family, M[t,s] = lambda^(t-s) q_t.k_s (s <= t; lambda = exp(log_decay) per head, 1 without decay),
 optionally divided by z_t = sum_{s<=t} M[t,s] + eps. Every quantity is a decayed prefix or suffix sum,
@@ -42,10 +43,22 @@ computed chunk-wise (inside a chunk of C positions an explicit C x C decay matri
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from analyses.metrics import head_groups
 from analyses.rhythm import Rhythm, finish, prepare
+from kernels.reference.softmax_attention_stats import (
+    check_block,
+    check_options,
+    check_qk,
+    fai_count,
+    fai_finish,
+    softmax_attention_stats_reference,
+    span_over_response,
+    work_dtype,
+)
 
 __all__ = [
     "streaming_softmax_stats",
@@ -54,53 +67,6 @@ __all__ = [
     "mixer_qk_from_cache",
     "streaming_rhythm",
 ]
-
-
-# ---- shared helpers ----------------------------------------------------------------------------------
-def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half precisions are promoted)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _check_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
-    if q.ndim != 4 or k.ndim != 4:
-        raise ValueError(f"q and k must be [B, H, T, D], got {tuple(q.shape)} and {tuple(k.shape)}")
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape [B, H, T, D] (expand kv heads first), "
-                         f"got {tuple(q.shape)} and {tuple(k.shape)}")
-    return tuple(q.shape)
-
-
-def _check_options(response_start: int, waad_window: int | None, h_lo: int, block: int, n: int) -> int:
-    response_start = int(response_start)
-    if response_start < 0:
-        raise ValueError(f"response_start must be >= 0, got {response_start}")
-    if waad_window is not None and waad_window < 0:
-        raise ValueError(f"waad_window must be >= 0, got {waad_window}")
-    if h_lo < 0:
-        raise ValueError(f"h_lo must be >= 0 (only t >= s is attention to s), got {h_lo}")
-    if int(block) < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
-    return min(response_start, n)
-
-
-def _span(per_row: torch.Tensor, start: int) -> torch.Tensor:
-    """Mean over R = {t >= start} of a per-row series [B, H, T] -> [B, H] (0 for an empty R)."""
-    if start >= per_row.shape[-1]:
-        return torch.zeros(per_row.shape[:-1], dtype=per_row.dtype, device=per_row.device)
-    return per_row[..., start:].mean(-1)
-
-
-def _fai_count(n: int, start: int, h_lo: int, h_hi: int | None, device, dtype) -> torch.Tensor:
-    """|T(s)| for s = 0..n-1, T(s) = {t : max(start, s + h_lo) <= t <= min(n - 1, s + h_hi)}."""
-    s = torch.arange(n, device=device)
-    lo = torch.clamp(s + h_lo, min=start)
-    hi = torch.full_like(s, n - 1) if h_hi is None else torch.clamp(s + h_hi, max=n - 1)
-    return (hi - lo + 1).clamp(min=0).to(dtype)
-
-
-def _fai_finish(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
 
 
 # ---- softmax / sliding window ----------------------------------------------------------------------
@@ -120,53 +86,15 @@ def streaming_softmax_stats(
 
     q, k: [B, H, T, D] (k already expanded to the H query heads; post-RoPE). Returns
     {"span": [B, H], "waad": [B, H, T], "fai": [B, H, T]} in float64 for float64 input, else float32.
-    Two passes over blocks of `block` keys; the largest intermediate is [B, H, T, block]."""
-    b, h, n, _ = _check_qk(q, k)
-    start = _check_options(response_start, waad_window, h_lo, block, n)
-    if window is not None and window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    block = int(block)
-    dtype = _work_dtype(q, k)
-    q, k = q.to(dtype), k.to(dtype)
-    dev = q.device
+    CUDA tensors (not float64) go to the Triton kernel `kernels.softmax_attention_stats` when Triton is
+    installed (`block` is then unused); anything else to the torch reference
+    `kernels.reference.softmax_attention_stats_reference` (blocks of `block` keys)."""
+    if q.is_cuda and torch.float64 not in (q.dtype, k.dtype) and importlib.util.find_spec("triton") is not None:
+        from kernels.softmax_attention_stats import softmax_attention_stats  # here: triton is Linux-only
 
-    def scores_of(j0: int, j1: int):
-        """Scores of the queries that can see keys j0..j1-1: rows t0..t1-1, -inf where not allowed."""
-        t0, t1 = j0, n if window is None else min(n, j1 - 1 + window)
-        gap = torch.arange(t0, t1, device=dev)[:, None] - torch.arange(j0, j1, device=dev)[None, :]
-        allowed = gap >= 0
-        if window is not None:
-            allowed &= gap < window
-        scores = (q[:, :, t0:t1] @ k[:, :, j0:j1].transpose(-1, -2)) * scale
-        return t0, t1, gap, scores.masked_fill(~allowed, float("-inf"))
-
-    # pass 1: log-sum-exp of each query row, combined block by block
-    lse = torch.full((b, h, n), float("-inf"), dtype=dtype, device=dev)
-    for j0 in range(0, n, block):
-        t0, t1, _, scores = scores_of(j0, min(n, j0 + block))
-        lse[:, :, t0:t1] = torch.logaddexp(lse[:, :, t0:t1], torch.logsumexp(scores, dim=-1))
-
-    # pass 2: probabilities with the final lse; row and column accumulations
-    dist = torch.zeros((b, h, n), dtype=dtype, device=dev)
-    clipped = torch.zeros((b, h, n), dtype=dtype, device=dev)
-    total = torch.zeros((b, h, n), dtype=dtype, device=dev)
-    for j0 in range(0, n, block):
-        j1 = min(n, j0 + block)
-        t0, t1, gap, scores = scores_of(j0, j1)
-        p = torch.exp(scores - lse[:, :, t0:t1, None])  # 0 where masked
-        lag = gap.clamp(min=0).to(dtype)
-        dist[:, :, t0:t1] += (p * lag).sum(-1)
-        if waad_window is None:
-            clipped[:, :, t0:t1] += (p * lag).sum(-1)
-        else:
-            clipped[:, :, t0:t1] += (p * lag.clamp(max=waad_window)).sum(-1)
-        member = (gap >= h_lo) & (torch.arange(t0, t1, device=dev) >= start)[:, None]
-        if h_hi is not None:
-            member &= gap <= h_hi
-        total[:, :, j0:j1] += (p * member.to(dtype)).sum(-2)
-
-    count = _fai_count(n, start, h_lo, h_hi, dev, dtype)
-    return {"span": _span(dist, start), "waad": clipped, "fai": _fai_finish(total, count)}
+        check_block(block)
+        return softmax_attention_stats(q, k, scale, window, response_start, waad_window, h_lo, h_hi)
+    return softmax_attention_stats_reference(q, k, scale, window, response_start, waad_window, h_lo, h_hi, block)
 
 
 # ---- linear family ---------------------------------------------------------------------------------
@@ -234,9 +162,10 @@ def streaming_linear_stats(
     scalar or one per head ([H]); None: no decay (plain linear attention). Returns
     {"span": [B, H], "waad": [B, H, T], "fai": [B, H, T]}; formulas in the module docstring.
     Chunks of `block` positions: O(T block D) time, O(T D + block^2) memory."""
-    b, h, n, d = _check_qk(q, k)
-    start = _check_options(response_start, waad_window, h_lo, block, n)
-    dtype = _work_dtype(q, k)
+    b, h, n, d = check_qk(q, k)
+    start = check_options(n, response_start, waad_window, h_lo)
+    block = check_block(block)
+    dtype = work_dtype(q, k)
     q, k = q.to(dtype), k.to(dtype)
     dev = q.device
     if log_decay is None:
@@ -285,8 +214,8 @@ def streaming_linear_stats(
     if h_hi is not None:
         g = g - lam_pow(h_hi + 1)[None, :, :, None] * _shift_left(suffix, h_hi + 1)
     total = (k * g).sum(-1)
-    count = _fai_count(n, start, h_lo, h_hi, dev, dtype)
-    return {"span": _span(dist, start), "waad": clipped, "fai": _fai_finish(total, count)}
+    count = fai_count(n, start, h_lo, h_hi, dev, dtype)
+    return {"span": span_over_response(dist, start), "waad": clipped, "fai": fai_finish(total, count)}
 
 
 # ---- studio mixers ---------------------------------------------------------------------------------
@@ -351,7 +280,7 @@ def streaming_rhythm(
     names = {name for layer in layers for name in _qk_names(model.blocks[layer].attn, layer)}
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in names)
-        dtype = torch.float32 if logits.device.type == "mps" else torch.float64
+        dtype = torch.float64 if logits.device.type == "cpu" else torch.float32  # CUDA: the Triton kernel
         kw = dict(response_start=response_start, waad_window=window, h_lo=h_lo, h_hi=h_hi, block=block)
         stats = {}
         for layer in layers:

@@ -3,7 +3,7 @@ materialised vs streaming, time and peak extra memory over sequence length.
 
     python benchmarks/analyses.py [--device cpu|cuda] [--lengths 1024 ... 32768] [--heads 16] [--dim 64]
 
-materialised: the layer's causal softmax pattern [1, H, T, T] in float32, then analyses.metrics
+materialised: the layer's causal softmax pattern [1, H, T, T] in float32 (scores from float32 q, k), then analyses.metrics
               (head_span, head_groups, waad and fai of the group-mean patterns), as analyses.rhythm does.
 streaming:    analyses.streaming.streaming_softmax_stats from q and k (the Triton kernel on CUDA, the
               block-wise torch reference on the CPU), then the group means of the per-head series, as
@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+# Run as a script, this file's folder comes first on sys.path, and this file would shadow the
+# `analyses` package: put the repository root there instead.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 from analyses.metrics import fai, head_groups, head_span, waad  # noqa: E402
 from analyses.streaming import streaming_softmax_stats  # noqa: E402
@@ -58,7 +59,8 @@ def group_series(spans: torch.Tensor, waad_heads: torch.Tensor, fai_heads: torch
 
 def materialised(q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     n = q.shape[2]
-    scores = (q @ k.transpose(-1, -2)).float() * scale
+    q, k = q.float(), k.float()  # float32 scores, as the streaming kernels accumulate them
+    scores = (q @ k.transpose(-1, -2)) * scale
     causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     pattern = scores.masked_fill_(~causal, float("-inf")).softmax(-1)[0]  # [H, T, T]
     del scores

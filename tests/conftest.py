@@ -14,3 +14,8 @@ for key, value in {
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Without a GPU, Triton kernels (kernels.softmax_attention_stats) run on CPU tensors through Triton's
+# interpreter; it must be chosen before any kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
