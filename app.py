@@ -1,14 +1,30 @@
-"""Hybrid Attention Studio, the web app: `python app.py [--host 127.0.0.1] [--port 7860]`.
+"""Hybrid Attention Studio, the web app: `python app.py [--host 127.0.0.1] [--port 7860] [--runs-dir DIR]`.
 
-One page for now, "Compose": write or pick a spec, press Build, and see what it costs (per layer,
-next to an all-softmax model) and what one head of one layer attends to on a piece of text.
+Four tabs, all logic in gradio-free modules (this file is layout and wiring only):
+    Compose  spec editor (JSON/YAML, presets, per-layer table), live validation, diagram, cost table,
+             one head's pattern                         studio.app_helpers, studio.layer_table, studio.diagram
+    Train    a task, steps, live loss/accuracy, cancel; the user's runs     studio.training_jobs
+    Explore  default models, saved runs, SmolLM2: head grid, WAAD/FAI, preplan/anchor tokens, head spans,
+             token graph; two models side by side                            studio.explore
+    Learn    softmax vs linear vs lightning on small vectors, chunked == recurrent, every mixer's
+             pattern, cost curves                                            studio.learn
+
+Each browser gets a user id (kept in its local storage), and with it a runs folder of its own under
+--runs-dir: users never see each other's runs, and a page reload keeps them. Training runs through a
+queue (--train-concurrency jobs at once). Errors show in the page; the server keeps serving.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import secrets
+import threading
+import time
+import uuid
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from studio import explore as ex  # noqa: E402
+from studio import learn  # noqa: E402
 from studio.app_helpers import (  # noqa: E402
     DEFAULT_SPEC,
     DEFAULT_TEXT,
@@ -30,10 +48,21 @@ from studio.app_helpers import (  # noqa: E402
     pattern_figure,
     text_to_tokens,
 )
+from studio.defaults import DefaultModels  # noqa: E402
+from studio.diagram import architecture_figure  # noqa: E402
+from studio.layer_table import HELP_COLUMNS, LAYER_COLUMNS, mixer_parameter_help, rows_to_spec_data, spec_to_rows  # noqa: E402
 from studio.spec import ArchSpec, SpecError  # noqa: E402
 from studio.summary import human_count, summarize, summary_rows  # noqa: E402
+from studio.tasks import REGISTRY as TASKS  # noqa: E402
+from studio.training_jobs import TrainingJob, inside, metrics_figure, run_name, user_dir, user_runs  # noqa: E402
 
 log = logging.getLogger("studio.app")
+
+MAX_TRAIN_PARAMS = 20_000_000  # the app trains on the server's CPU; bigger models: `studio train`
+MAX_TRAIN_STEPS = 5000
+TASK_DEFAULT_ARGS = {"text": {"corpus": "pydoc", "seq_len": 128}, "mqar": {}, "copy": {}, "selective_copy": {},
+                     "needle": {}, "arithmetic": {}}
+COMPOSE_SPEC = "the spec in Compose"
 
 
 # ---- messages ----------------------------------------------------------------------------------
@@ -43,9 +72,13 @@ def _code(text: str) -> str:
     return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
-def _spec_error(err: SpecError) -> str:
+def _spec_error(err: SpecError, action: str = "press **Build** again") -> str:
     lines = [f"{field}: {msg}" if field else msg for field, msg in err.problems]
-    return "### Spec error\nFix the spec and press **Build** again.\n\n" + "\n".join(f"- {_code(l)}" for l in lines)
+    return f"### Spec error\nFix the spec and {action}.\n\n" + "\n".join(f"- {_code(l)}" for l in lines)
+
+
+def _error(title: str, message: str) -> str:
+    return f"### {title}\n\n- {_code(message)}"
 
 
 def _unexpected(err: Exception, doing: str) -> str:
@@ -53,7 +86,49 @@ def _unexpected(err: Exception, doing: str) -> str:
     return f"### Something went wrong while {doing}\n\n- {_code(f'{type(err).__name__}: {err}')}"
 
 
-# ---- the pattern view --------------------------------------------------------------------------
+# ---- users -------------------------------------------------------------------------------------
+class Studio:
+    """Server-wide state: where runs live, the default models, the training jobs by user."""
+
+    def __init__(self, runs_root: str | Path, defaults: DefaultModels | None = None):
+        self.runs_root = Path(runs_root).resolve()
+        self.defaults = defaults if defaults is not None else DefaultModels()
+        self.jobs: dict[str, TrainingJob] = {}
+        self.lock = threading.Lock()
+
+    def user(self, user_id: str | None, request: gr.Request | None) -> str:
+        """The browser's id (from its local storage), else this page session's id (API clients)."""
+        for candidate in (user_id, getattr(request, "session_hash", None)):
+            try:
+                user_dir(self.runs_root, candidate or "")
+                return candidate
+            except ValueError:
+                continue
+        return "anonymous"
+
+    def folder(self, user: str) -> Path:
+        return user_dir(self.runs_root, user)
+
+    def run_labels(self, user: str) -> list[str]:
+        return [p.name for p in user_runs(self.folder(user))]
+
+    def sources(self, user: str) -> dict[str, ex.ModelSource]:
+        return ex.model_sources(user_runs(self.folder(user)), self.defaults.paths())
+
+
+def _secret(runs_root: Path) -> str:
+    """The key that encrypts the user id in the browser's storage, kept across restarts."""
+    path = runs_root / ".browser-state-key"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        runs_root.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(16)
+        path.write_text(key)
+        return key
+
+
+# ---- Compose -----------------------------------------------------------------------------------
 def _pattern_view(spec: ArchSpec, text: str, layer: int, head: int):
     """(figure or None, notes for the status) for one head of one layer."""
     params = spec.estimated_params()
@@ -76,32 +151,63 @@ def _clamp(value, top: int) -> int:
     return min(max(int(value or 0), 0), top)
 
 
-# ---- event handlers ----------------------------------------------------------------------------
+def _layer_frame(spec: ArchSpec | None) -> pd.DataFrame:
+    return pd.DataFrame(spec_to_rows(spec) if spec is not None else [], columns=LAYER_COLUMNS)
+
+
 def build(spec_text: str, fmt: str, text: str, layer: float, head: float):
-    """Validate the spec; show its cost table and one head's attention pattern."""
+    """Validate the spec; show its cost table, diagram, per-layer table and one head's pattern."""
     no_table = gr.Dataframe(value=None, visible=False)
     try:
         spec = parse_spec(spec_text, fmt)
     except SpecError as err:
-        return _spec_error(err), no_table, None, gr.Slider(), gr.Slider()
+        return _spec_error(err), no_table, None, gr.Slider(), gr.Slider(), None, gr.Dataframe()
     except Exception as err:  # never a traceback in the page
-        return _unexpected(err, "reading the spec"), no_table, None, gr.Slider(), gr.Slider()
+        return _unexpected(err, "reading the spec"), no_table, None, gr.Slider(), gr.Slider(), None, gr.Dataframe()
     layer, head = _clamp(layer, spec.n_layers - 1), _clamp(head, spec.n_heads - 1)
     layer_slider = gr.Slider(maximum=max(spec.n_layers - 1, 1), value=layer, interactive=spec.n_layers > 1)
     head_slider = gr.Slider(maximum=max(spec.n_heads - 1, 1), value=head, interactive=spec.n_heads > 1)
     try:
         header, rows = summary_rows(summarize(spec))
         table = gr.Dataframe(value=pd.DataFrame(rows, columns=header), visible=True)
+        diagram = architecture_figure(spec)
         figure, notes = _pattern_view(spec, text, layer, head)
     except Exception as err:
-        return _unexpected(err, "building the model"), no_table, None, layer_slider, head_slider
+        return _unexpected(err, "building the model"), no_table, None, layer_slider, head_slider, None, gr.Dataframe()
     mixers = ", ".join(f"{m} ×{sum(l.mixer == m for l in spec.layers)}"
                        for m in dict.fromkeys(l.mixer for l in spec.layers))
     plural = "s" if spec.n_layers != 1 else ""
     status = f"### Built {_code(spec.name)}\n{spec.n_layers} layer{plural} ({mixers}), d_model={spec.d_model}, n_heads={spec.n_heads}."
     if notes:
         status += "\n\n" + "\n".join(f"- {n}" for n in notes)
-    return status, table, figure, layer_slider, head_slider
+    return status, table, figure, layer_slider, head_slider, diagram, _layer_frame(spec)
+
+
+def validate_live(spec_text: str, fmt: str):
+    """As the user types: the spec's own error messages, or a one-line OK."""
+    try:
+        spec = parse_spec(spec_text, fmt)
+    except SpecError as err:
+        return _spec_error(err, "the check reruns as you type")
+    except Exception as err:
+        return _unexpected(err, "checking the spec")
+    return (f"Spec OK: {_code(spec.name)}, {spec.n_layers} layers, about {human_count(spec.estimated_params())} "
+            "parameters. Press **Build** to see costs and patterns.")
+
+
+def apply_layer_table(spec_text: str, fmt: str, rows):
+    """Rewrite the editor's spec from the per-layer table (an explicit `layers` list)."""
+    try:
+        base = load_spec_data(spec_text, fmt) if spec_text.strip() else {}
+        if not isinstance(base, dict):
+            raise SpecError([("", "the spec must be a mapping of fields (like the presets)")])
+        data = rows_to_spec_data(base, rows)
+        ArchSpec.from_dict(data)
+    except SpecError as err:
+        return gr.Code(), _spec_error(err, "edit the table, then press **Apply table** again")
+    except Exception as err:
+        return gr.Code(), _unexpected(err, "reading the layer table")
+    return gr.Code(value=dump_spec_data(data, fmt)), "Spec rewritten from the layer table. Press **Build**."
 
 
 def redraw(spec_text: str, fmt: str, text: str, layer: float, head: float):
@@ -138,40 +244,456 @@ def switch_format(spec_text: str, fmt: str):
     return gr.Code(value=dump_spec_data(data, fmt), language=language), f"Spec rewritten as {fmt}."
 
 
+# ---- Train -------------------------------------------------------------------------------------
+def _train_spec(arch: str, spec_text: str, fmt: str, vocab_size: int) -> tuple[dict, list[str]]:
+    """The spec dict to train, its vocabulary fitted to the task's."""
+    notes = []
+    if arch == COMPOSE_SPEC:
+        spec = parse_spec(spec_text, fmt)
+    elif arch in PRESETS:
+        spec = ArchSpec.from_dict(PRESETS[arch])
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; pick one from the list")
+    data = spec.to_dict()
+    if data["vocab_size"] != vocab_size:
+        notes.append(f"vocab_size set from {data['vocab_size']} to the task's {vocab_size}.")
+        data["vocab_size"] = vocab_size
+    spec = ArchSpec.from_dict(data)
+    if spec.estimated_params() > MAX_TRAIN_PARAMS:
+        raise ValueError(f"about {human_count(spec.estimated_params())} parameters is over the app's training cap of "
+                         f"{human_count(MAX_TRAIN_PARAMS)}; make the model smaller or use `studio train`")
+    return spec.to_dict(), notes
+
+
+def _task(task: str, task_args: str):
+    from studio.tasks import get as get_task
+
+    try:
+        args = json.loads(task_args) if task_args and task_args.strip() else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"task arguments are not valid JSON ({err.msg}); write e.g. {{\"seq_len\": 64}}") from None
+    if not isinstance(args, dict):
+        raise ValueError("task arguments must be a JSON object, e.g. {\"seq_len\": 64}")
+    return args, get_task(task, **args)
+
+
+def _progress_text(job: TrainingJob, notes: list[str]) -> str:
+    last = job.records[-1] if job.records else None
+    head = f"### Run {_code(job.out_dir.name)}: {job.status}"
+    if last is None:
+        body = "Building the model and the first batch…"
+    else:
+        body = (f"step {last['step']} of {job.steps}, loss {last['loss']:.4f}, accuracy {last['accuracy']:.3f}, "
+                f"{last['tokens_per_s']:,.0f} tokens/s")
+        if "eval_loss" in last or any("eval_loss" in r for r in job.records):
+            ev = next(r for r in reversed(job.records) if "eval_loss" in r)
+            body += f"; eval loss {ev['eval_loss']:.4f}, eval accuracy {ev.get('eval_accuracy', float('nan')):.3f}"
+    if job.error:
+        body += "\n\n" + _error("Training failed", job.error)
+    return "\n\n".join([head, body, *[f"- {n}" for n in notes]])
+
+
+def make_train_handlers(studio: Studio):
+    def start_training(user_id, arch, spec_text, fmt, task, task_args, steps, batch_size, lr, name,
+                       request: gr.Request, progress=gr.Progress()):
+        user = studio.user(user_id, request)
+        try:
+            steps = int(steps)
+            if not 1 <= steps <= MAX_TRAIN_STEPS:
+                raise ValueError(f"steps must be between 1 and {MAX_TRAIN_STEPS}, got {steps}")
+            args, task_obj = _task(task, task_args)
+            spec, notes = _train_spec(arch, spec_text, fmt, task_obj.vocab_size)
+            folder = studio.folder(user)
+            folder.mkdir(parents=True, exist_ok=True)
+            out = inside(folder, run_name(name or f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"))
+            if out.exists():
+                raise ValueError(f"a run named {out.name!r} already exists; choose another name")
+        except SpecError as err:
+            yield _spec_error(err, "start training again"), None, gr.Dropdown()
+            return
+        except ValueError as err:
+            yield _error("Cannot start training", str(err)), None, gr.Dropdown()
+            return
+        job = TrainingJob(spec, task, steps, out, args, {"batch_size": int(batch_size), "lr": float(lr),
+                                                          "eval_every": max(1, min(100, steps // 5)),
+                                                          "ckpt_every": max(1, min(200, steps // 2))})
+        with studio.lock:
+            previous = studio.jobs.get(user)
+            if previous is not None and previous.running:
+                yield _error("Cannot start training", "a run of yours is still training; cancel it first"), None, gr.Dropdown()
+                return
+            studio.jobs[user] = job.start()
+        try:
+            shown = -1
+            while job.running:
+                time.sleep(0.5)
+                if len(job.records) != shown:
+                    shown = len(job.records)
+                    progress((shown, steps), desc="training", unit="steps")
+                    yield _progress_text(job, notes), metrics_figure(job.records, out.name), gr.Dropdown()
+            choices = studio.run_labels(user)
+            yield (_progress_text(job, notes), metrics_figure(job.records, out.name),
+                   gr.Dropdown(choices=choices, value=out.name))
+        finally:
+            job.stop()  # the page went away or Cancel was pressed: stop at the next step (a checkpoint is saved)
+
+    def cancel_training(user_id, request: gr.Request):
+        user = studio.user(user_id, request)
+        job = studio.jobs.get(user)
+        if job is None or not job.running:
+            return "No training is running."
+        job.stop()
+        job.wait(60)
+        return _progress_text(job, ["Cancelled: the last step's checkpoint is saved; the run is in the list."])
+
+    return start_training, cancel_training
+
+
+def make_run_handlers(studio: Studio):
+    def refresh_runs(user_id, request: gr.Request):
+        user = studio.user(user_id, request)
+        choices = studio.run_labels(user)
+        return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
+
+    def show_run(user_id, name, request: gr.Request):
+        user = studio.user(user_id, request)
+        if not name:
+            return "No run selected.", None
+        try:
+            path = inside(studio.folder(user), name)
+            record = json.loads((path / "run.json").read_text())
+            records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        except (OSError, ValueError) as err:
+            return _error("This run cannot be read", f"{name}: {err}. It may have been deleted or be corrupt."), None
+        summary = (f"### Run {_code(name)}\nstatus {record.get('status')}, step {record.get('step')} of "
+                   f"{record.get('steps')}, task {record.get('task', {}).get('name')}, "
+                   f"spec {_code(record.get('spec', {}).get('name', '?'))}")
+        return summary, metrics_figure(records, name)
+
+    return refresh_runs, show_run
+
+
+# ---- Explore -----------------------------------------------------------------------------------
+def make_explore_handlers(studio: Studio):
+    def model_choices(user_id, request: gr.Request):
+        user = studio.user(user_id, request)
+        labels = list(studio.sources(user))
+        return gr.Dropdown(choices=labels, value=labels[0] if labels else None), gr.Dropdown(choices=labels)
+
+    def _analyse(user, label, mode, text, new_tokens):
+        sources = studio.sources(user)
+        if label not in sources:
+            raise ex.ExploreError(f"{label!r} is not a model you can open here; pick one from the list")
+        source = sources[label]
+        if source.kind == "default":
+            studio.defaults.wait(source.path.name)
+        model, tokenizer = ex.load_source(source)
+        seq = ex.make_sequence(model, tokenizer, source, text, mode, int(new_tokens))
+        return model, ex.explore(model, seq)
+
+    def run_explore(user_id, label, mode, text, new_tokens, layer, compare_label, request: gr.Request):
+        user = studio.user(user_id, request)
+        empty = (None,) * 5
+        try:
+            model, exploration = _analyse(user, label, mode, text, new_tokens)
+            top = len(model.blocks) - 1
+            layer = _clamp(layer if layer is not None else exploration.rhythm.layers[0], top)
+            v = ex.views(model, exploration, layer)
+            status = f"### {label}\n{ex.summary_line(model, exploration)}"
+            main = (status, v["heads"], v["rhythm"], v["text"], v["spans"], v["graph"],
+                    gr.Slider(maximum=max(top, 1), value=layer, interactive=top > 0), (label, exploration))
+        except ex.ExploreError as err:
+            return (_error("Cannot explore", str(err)), *empty, gr.Slider(), None, "", None, None, "")
+        except Exception as err:
+            return (_unexpected(err, "exploring"), *empty, gr.Slider(), None, "", None, None, "")
+        if not compare_label:
+            return (*main, "", None, None, "")
+        try:
+            other, other_exploration = _analyse(user, compare_label, mode, text, new_tokens)
+            other_layer = _clamp(layer, len(other.blocks) - 1)
+            w = ex.views(other, other_exploration, other_layer)
+            other_status = f"### {compare_label}\n{ex.summary_line(other, other_exploration)}"
+            return (*main, other_status, w["heads"], w["rhythm"], w["text"])
+        except ex.ExploreError as err:
+            return (*main, _error("Cannot explore the second model", str(err)), None, None, "")
+        except Exception as err:
+            return (*main, _unexpected(err, "exploring the second model"), None, None, "")
+
+    def change_layer(user_id, layer, state, request: gr.Request):
+        if not state:
+            return gr.Plot(), gr.Plot()
+        label, exploration = state
+        user = studio.user(user_id, request)
+        try:
+            source = studio.sources(user)[label]
+            model, _ = ex.load_source(source)
+            v = ex.views(model, exploration, _clamp(layer, len(model.blocks) - 1))
+            return v["heads"], v["graph"]
+        except Exception:
+            log.info("layer redraw skipped", exc_info=True)
+            return gr.Plot(), gr.Plot()
+
+    return model_choices, run_explore, change_layer
+
+
+# ---- Learn -------------------------------------------------------------------------------------
+def learn_compare(length, decay, window, feature_map, normalize, seed):
+    try:
+        q, k, v = learn.toy_qkv(int(length), 4, int(seed))
+        window = int(window) if window else None
+        opts = dict(window=window, feature_map=feature_map, normalize=bool(normalize), decay=float(decay))
+        matrices = learn.mixing_matrices(q, k, **opts)
+        titles = learn.mixing_titles(matrices, **opts)
+        outputs = learn.mix_outputs(matrices, v)
+        header, rows = learn.mixing_table(matrices, v, titles)
+        return "", learn.compare_figure(matrices, outputs, titles), pd.DataFrame(rows, columns=header)
+    except ValueError as err:
+        return _error("Check the settings", str(err)), None, None
+
+
+def learn_chunks(length, decay, chunk, seed):
+    try:
+        q, k, v = learn.toy_qkv(int(length), 4, int(seed))
+        result = learn.chunked_vs_recurrent(q, k, v, float(decay), int(chunk))
+        header, rows = learn.chunked_vs_recurrent_table(result)
+        note = (f"Largest difference between the chunked and the recurrent outputs: **{result.max_abs_diff:.1e}** "
+                f"({len(result.chunks)} chunks of {int(chunk)}).")
+        return note, learn.chunked_vs_recurrent_figure(result), pd.DataFrame(rows, columns=header)
+    except ValueError as err:
+        return _error("Check the settings", str(err)), None, None
+
+
+def learn_gallery(length, seed):
+    try:
+        return "", learn.gallery_figure(learn.mixer_gallery(int(length), int(seed)))
+    except ValueError as err:
+        return _error("Check the settings", str(err)), None
+
+
+def learn_costs(d_model, n_heads):
+    try:
+        rows = learn.cost_curves(d_model=int(d_model), n_heads=int(n_heads))
+        header, table = learn.cost_table(rows)
+        return "", learn.cost_figure(rows), pd.DataFrame(table, columns=header)
+    except ValueError as err:
+        return _error("Check the settings", str(err)), None, None
+
+
 # ---- layout ------------------------------------------------------------------------------------
-def build_app() -> gr.Blocks:
-    """The Studio's Gradio app (not launched)."""
+def _compose_tab():
+    with gr.Row():
+        with gr.Column(scale=2):
+            with gr.Row():
+                preset = gr.Dropdown(list(PRESETS), value=None, label="Preset", scale=2)
+                fmt = gr.Radio(list(FORMATS), value="JSON", label="Format", scale=1)
+            editor = gr.Code(dump_spec_data(DEFAULT_SPEC, "JSON"), language="json", label="Spec (JSON or YAML; "
+                             "`pattern`/`ratio` shorthands or an explicit `layers` list)", lines=16, max_lines=30,
+                             wrap_lines=True, elem_id="spec-editor")
+            text = gr.Textbox(DEFAULT_TEXT, label=f"Text (first {MAX_TEXT_BYTES} UTF-8 bytes are the tokens)",
+                              lines=2, max_lines=4)
+            with gr.Row():
+                layer = gr.Slider(0, 3, value=3, step=1, label="Layer")
+                head = gr.Slider(0, 3, value=0, step=1, label="Head")
+            build_btn = gr.Button("Build", variant="primary", elem_id="build-button")
+            status = gr.Markdown("Edit the spec or pick a preset, then press **Build**.", elem_id="status")
+        with gr.Column(scale=3):
+            plot = gr.Plot(label="Attention pattern", elem_id="pattern-plot")
+            diagram = gr.Plot(label="Architecture", elem_id="diagram-plot")
+    table = gr.Dataframe(label="Cost per layer (and an all-softmax model of the same size)",
+                         interactive=False, wrap=True, visible=False, elem_id="summary-table")
+    with gr.Accordion("Per-layer editor", open=False):
+        layer_table = gr.Dataframe(headers=LAYER_COLUMNS, column_count=(len(LAYER_COLUMNS), "fixed"),
+                                   interactive=True, label="One row per layer: mixer, positional (rope/nope), "
+                                   "params (a JSON object). Add or delete rows to change the depth.",
+                                   elem_id="layer-table")
+        apply_btn = gr.Button("Apply table to the spec")
+        gr.Dataframe(pd.DataFrame(mixer_parameter_help(), columns=HELP_COLUMNS), label="Mixers and their parameters",
+                     interactive=False, wrap=True)
+
+    inputs = [editor, fmt, text, layer, head]
+    build_btn.click(build, inputs, [status, table, plot, layer, head, diagram, layer_table], api_name="build")
+    for slider in (layer, head):
+        slider.input(redraw, inputs, plot, trigger_mode="always_last", api_visibility="private")
+    preset.input(load_preset, [preset, fmt], [editor, status], api_visibility="private")
+    fmt.input(switch_format, [editor, fmt], [editor, status], api_visibility="private")
+    editor.input(validate_live, [editor, fmt], status, trigger_mode="always_last", api_name="validate")
+    apply_btn.click(apply_layer_table, [editor, fmt, layer_table], [editor, status], api_name="apply_layers")
+    return editor, fmt
+
+
+def _train_tab(studio: Studio, user, editor, fmt, train_concurrency: int):
+    with gr.Row():
+        with gr.Column(scale=2):
+            arch = gr.Dropdown([COMPOSE_SPEC, *PRESETS], value="small hybrid (lightning + softmax)"
+                               if "small hybrid (lightning + softmax)" in PRESETS else COMPOSE_SPEC,
+                               label="Architecture")
+            with gr.Row():
+                task = gr.Dropdown(sorted(TASKS), value="mqar", label="Task")
+                task_args = gr.Textbox("{}", label="Task arguments (JSON)", max_lines=1)
+            with gr.Row():
+                steps = gr.Number(200, label="Steps", precision=0, minimum=1, maximum=MAX_TRAIN_STEPS)
+                batch = gr.Number(32, label="Batch size", precision=0, minimum=1, maximum=512)
+                lr = gr.Number(3e-3, label="Learning rate", minimum=1e-6, maximum=1.0)
+            name = gr.Textbox("", label="Run name (blank: task and time)", max_lines=1)
+            with gr.Row():
+                start = gr.Button("Train", variant="primary", elem_id="train-button")
+                cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
+            status = gr.Markdown("Pick an architecture and a task, then press **Train**.", elem_id="train-status")
+        with gr.Column(scale=3):
+            curve = gr.Plot(label="Loss and accuracy", elem_id="train-plot")
+    with gr.Row():
+        runs = gr.Dropdown([], label="Your runs", elem_id="runs-list", scale=3, allow_custom_value=True)
+        refresh = gr.Button("Refresh", scale=1)
+        open_btn = gr.Button("Open in Explore", scale=1, elem_id="open-in-explore")
+    run_info = gr.Markdown(elem_id="run-info")
+    run_curve = gr.Plot(label="Run curves")
+    task.input(lambda t: json.dumps(TASK_DEFAULT_ARGS.get(t, {})), task, task_args, api_visibility="private")
+
+    start_training, cancel_training = make_train_handlers(studio)
+    refresh_runs, show_run = make_run_handlers(studio)
+    event = start.click(start_training, [user, arch, editor, fmt, task, task_args, steps, batch, lr, name],
+                        [status, curve, runs], api_name="train", concurrency_limit=train_concurrency,
+                        concurrency_id="train")
+    cancel.click(cancel_training, [user], status, cancels=[event], api_name="cancel_training")
+    refresh.click(refresh_runs, [user], runs, api_name="list_runs")
+    runs.change(show_run, [user, runs], [run_info, run_curve], api_name="show_run")
+    return runs, open_btn, refresh_runs
+
+
+def _explore_tab(studio: Studio, user):
+    shared = list(ex.model_sources([], studio.defaults.paths()))  # every user's runs are added on page load
+    with gr.Row():
+        with gr.Column(scale=2):
+            model = gr.Dropdown(shared, value=shared[0] if shared else None, label="Model", elem_id="explore-model",
+                                allow_custom_value=True)
+            mode = gr.Radio(list(ex.MODES), value="text", label="Analyse",
+                            info="text: the text itself; answer: the model answers it; task example: a run's task")
+            text = gr.Textbox("The cat sat on the mat. The dog sat on the log. The cat sat on the",
+                              label=f"Text or prompt (at most {ex.MAX_TOKENS} tokens)", lines=4, elem_id="explore-text")
+            new_tokens = gr.Slider(8, 256, value=64, step=8, label="New tokens (answer mode)")
+            compare = gr.Dropdown(shared, value=None, label="Compare with (optional)", elem_id="compare-model",
+                                  allow_custom_value=True)
+            go_btn = gr.Button("Analyse", variant="primary", elem_id="explore-button")
+            status = gr.Markdown("Pick a model, type a text, press **Analyse**.", elem_id="explore-status")
+            # Its range follows the model after the first analysis (the wide start keeps API calls valid).
+            layer = gr.Slider(0, 127, value=0, step=1, label="Layer for the head grid and the token graph",
+                              interactive=False, elem_id="explore-layer")
+        with gr.Column(scale=3):
+            tokens = gr.HTML(elem_id="explore-tokens")
+            rhythm = gr.Plot(label="WAAD and FAI", elem_id="explore-rhythm")
+    heads = gr.Plot(label="Head grid", elem_id="explore-heads")
+    with gr.Row():
+        spans = gr.Plot(label="Head spans", elem_id="explore-spans")
+        graph = gr.Plot(label="Token graph", elem_id="explore-graph")
+    with gr.Accordion("Second model", open=True):
+        other_status = gr.Markdown(elem_id="compare-status")
+        other_tokens = gr.HTML(elem_id="compare-tokens")
+        with gr.Row():
+            other_rhythm = gr.Plot(label="WAAD and FAI (second model)")
+            other_heads = gr.Plot(label="Head grid (second model)")
+    state = gr.State(None)
+    model_choices, run_explore, change_layer = make_explore_handlers(studio)
+    go_btn.click(run_explore, [user, model, mode, text, new_tokens, layer, compare],
+                 [status, heads, rhythm, tokens, spans, graph, layer, state, other_status, other_heads,
+                  other_rhythm, other_tokens], api_name="explore", concurrency_limit=2, concurrency_id="explore")
+    layer.input(change_layer, [user, layer, state], [heads, graph], trigger_mode="always_last",
+                api_visibility="private")
+    return model, compare, model_choices
+
+
+def _learn_tab():
+    gr.Markdown("Attention on a handful of small random vectors: every matrix below is computed by the studio's "
+                "own mixers. Move a slider and everything is recomputed.")
+    with gr.Accordion("Softmax vs linear vs lightning on the same q, k, v", open=True):
+        with gr.Row():
+            length = gr.Slider(2, 32, value=8, step=1, label="Tokens")
+            decay = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="Lightning decay λ")
+            window = gr.Slider(0, 16, value=3, step=1, label="Sliding window (0: off)")
+            fmap = gr.Dropdown(["elu+1", "relu", "identity", "exp", "silu"], value="elu+1", label="Feature map")
+            normalize = gr.Checkbox(True, label="Normalise linear rows")
+            seed = gr.Number(0, label="Seed", precision=0)
+        compare_note = gr.Markdown()
+        compare_plot = gr.Plot(elem_id="learn-compare")
+        compare_table = gr.Dataframe(interactive=False, label="Rows at a glance")
+    with gr.Accordion("Chunked == recurrent (Lightning Attention-2), step by step", open=True):
+        with gr.Row():
+            chunk_len = gr.Slider(2, 32, value=12, step=1, label="Tokens")
+            chunk_decay = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Decay λ")
+            chunk = gr.Slider(1, 16, value=4, step=1, label="Chunk size")
+        chunk_note = gr.Markdown(elem_id="learn-chunk-note")
+        chunk_plot = gr.Plot()
+        chunk_table = gr.Dataframe(interactive=False, label="Per step")
+    with gr.Accordion("Every mixer's effective matrix", open=True):
+        with gr.Row():
+            gal_len = gr.Slider(4, 32, value=12, step=1, label="Tokens")
+            gal_seed = gr.Number(0, label="Seed", precision=0)
+        gal_note = gr.Markdown()
+        gal_plot = gr.Plot(elem_id="learn-gallery")
+    with gr.Accordion("Cost over length", open=True):
+        with gr.Row():
+            d_model = gr.Number(1024, label="d_model", precision=0)
+            n_heads = gr.Number(8, label="Heads", precision=0)
+        cost_note = gr.Markdown()
+        cost_plot = gr.Plot()
+        cost_table = gr.Dataframe(interactive=False)
+
+    compare_in = [length, decay, window, fmap, normalize, seed]
+    for control in compare_in:
+        control.change(learn_compare, compare_in, [compare_note, compare_plot, compare_table],
+                       trigger_mode="always_last", api_visibility="private")
+    chunk_in = [chunk_len, chunk_decay, chunk, seed]
+    for control in chunk_in[:3]:
+        control.change(learn_chunks, chunk_in, [chunk_note, chunk_plot, chunk_table], trigger_mode="always_last",
+                       api_visibility="private")
+    for control in (gal_len, gal_seed):
+        control.change(learn_gallery, [gal_len, gal_seed], [gal_note, gal_plot], trigger_mode="always_last",
+                       api_visibility="private")
+    for control in (d_model, n_heads):
+        control.change(learn_costs, [d_model, n_heads], [cost_note, cost_plot, cost_table], trigger_mode="always_last",
+                       api_visibility="private")
+    return [(learn_compare, compare_in, [compare_note, compare_plot, compare_table]),
+            (learn_chunks, chunk_in, [chunk_note, chunk_plot, chunk_table]),
+            (learn_gallery, [gal_len, gal_seed], [gal_note, gal_plot]),
+            (learn_costs, [d_model, n_heads], [cost_note, cost_plot, cost_table])]
+
+
+def build_app(runs_dir: str | Path = "runs/app", defaults: DefaultModels | None = None,
+              train_concurrency: int = 1) -> gr.Blocks:
+    """The Studio's Gradio app (not launched). Runs go to `runs_dir/<user id>/`."""
+    studio = Studio(runs_dir, defaults)
+    studio.defaults.start()  # trains any missing default model in the background (first start only)
     with gr.Blocks(title="Hybrid Attention Studio") as demo:
         gr.Markdown("# Hybrid Attention Studio")
-        with gr.Tabs():
-            with gr.Tab("Compose"):
-                with gr.Row():
-                    with gr.Column(scale=2):
-                        with gr.Row():
-                            preset = gr.Dropdown(list(PRESETS), value=None, label="Preset", scale=2)
-                            fmt = gr.Radio(list(FORMATS), value="JSON", label="Format", scale=1)
-                        editor = gr.Code(dump_spec_data(DEFAULT_SPEC, "JSON"), language="json",
-                                         label="Spec", lines=16, max_lines=30, wrap_lines=True,
-                                         elem_id="spec-editor")
-                        text = gr.Textbox(DEFAULT_TEXT, label=f"Text (first {MAX_TEXT_BYTES} UTF-8 bytes are the tokens)",
-                                          lines=2, max_lines=4)
-                        with gr.Row():
-                            layer = gr.Slider(0, 3, value=3, step=1, label="Layer")
-                            head = gr.Slider(0, 3, value=0, step=1, label="Head")
-                        build_btn = gr.Button("Build", variant="primary", elem_id="build-button")
-                        status = gr.Markdown("Edit the spec or pick a preset, then press **Build**.",
-                                             elem_id="status")
-                    with gr.Column(scale=3):
-                        plot = gr.Plot(label="Attention pattern", elem_id="pattern-plot")
-                table = gr.Dataframe(label="Cost per layer (and an all-softmax model of the same size)",
-                                     interactive=False, wrap=True, visible=False, elem_id="summary-table")
+        user = gr.BrowserState("", storage_key="hybrid-attention-studio-user", secret=_secret(studio.runs_root))
+        with gr.Tabs() as tabs:
+            with gr.Tab("Compose", id="compose"):
+                editor, fmt = _compose_tab()
+            with gr.Tab("Train", id="train"):
+                runs, open_btn, refresh_runs = _train_tab(studio, user, editor, fmt, train_concurrency)
+            with gr.Tab("Explore", id="explore"):
+                model, compare, model_choices = _explore_tab(studio, user)
+            with gr.Tab("Learn", id="learn"):
+                learn_views = _learn_tab()
 
-        inputs = [editor, fmt, text, layer, head]
-        build_btn.click(build, inputs, [status, table, plot, layer, head], api_name="build")
-        for slider in (layer, head):
-            slider.input(redraw, inputs, plot, trigger_mode="always_last", api_visibility="private")
-        preset.input(load_preset, [preset, fmt], [editor, status], api_visibility="private")
-        fmt.input(switch_format, [editor, fmt], [editor, status], api_visibility="private")
+        def open_in_explore(user_id, name, request: gr.Request):
+            """Switch to Explore with the chosen run selected."""
+            labels = list(studio.sources(studio.user(user_id, request)))
+            label = f"run: {name}" if name and f"run: {name}" in labels else (labels[0] if labels else None)
+            return gr.Tabs(selected="explore"), gr.Dropdown(choices=labels, value=label), gr.Dropdown(choices=labels)
+
+        open_btn.click(open_in_explore, [user, runs], [tabs, model, compare], api_visibility="private")
+
+        def on_load(user_id, request: gr.Request):
+            """A new browser gets an id of its own; the lists are filled for this user."""
+            if not user_id:
+                user_id = uuid.uuid4().hex
+            first, second = model_choices(user_id, request)
+            return user_id, first, second, refresh_runs(user_id, request)
+
+        demo.load(on_load, [user], [user, model, compare, runs], api_visibility="private")
+        for fn, inputs, outputs in learn_views:
+            demo.load(fn, inputs, outputs, api_visibility="private")
+    demo.queue(default_concurrency_limit=4)
     return demo
 
 
@@ -179,9 +701,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Hybrid Attention Studio web app")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--runs-dir", default="runs/app", help="where users' runs are saved (default runs/app)")
+    parser.add_argument("--train-concurrency", type=int, default=1, help="training jobs at once (default 1)")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    build_app().launch(server_name=args.host, server_port=args.port)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    build_app(args.runs_dir, train_concurrency=args.train_concurrency).launch(
+        server_name=args.host, server_port=args.port, allowed_paths=[])
 
 
 if __name__ == "__main__":

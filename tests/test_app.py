@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+ARTIFACTS = Path(os.environ.get("STUDIO_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+
+
 @pytest.fixture(scope="module")
-def server_url():
-    demo = app.build_app()
+def runs_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("app-runs")
+
+
+@pytest.fixture(scope="module")
+def server_url(runs_root):
+    demo = app.build_app(runs_dir=runs_root)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -84,7 +93,7 @@ def test_pattern_figure_labels_every_token_and_blanks_the_future():
     assert np.isnan(z[0, 1]) and z[1, 0] == pytest.approx(1 / 3)
 
 
-# ---- the API -------------------------------------------------------------------------------------
+# ---- the API ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client(server_url):
     from gradio_client import Client
@@ -92,8 +101,15 @@ def client(server_url):
     return Client(server_url, verbose=False, download_files=False)
 
 
+def _new_client(server_url):
+    from gradio_client import Client
+
+    return Client(server_url, verbose=False, download_files=False)
+
+
 def test_build_endpoint_reports_costs(client):
-    status, table, plot, layer, head = client.predict(VALID, "JSON", "hello world", 3, 1, api_name="/build")
+    status, table, plot, layer, head, diagram, layers = client.predict(VALID, "JSON", "hello world", 3, 1,
+                                                                       api_name="/build")
     assert "Built" in status
     assert table["visible"] is True
     assert table["value"]["headers"][:2] == ["layer", "mixer"]
@@ -103,13 +119,16 @@ def test_build_endpoint_reports_costs(client):
     assert plot is not None and "softmax" in json.dumps(plot)  # the title names the layer's mixer
     assert (layer["value"], layer["maximum"]) == (3, 3)  # the sliders follow the spec's shape
     assert (head["value"], head["maximum"]) == (1, 3)
+    figure = json.loads(diagram["plot"])  # the architecture diagram: one trace per mixer family
+    assert {"softmax", "linear"} <= {trace.get("name") for trace in figure["data"]}
+    assert [row[1] for row in layers["data"]] == ["lightning", "lightning", "lightning", "softmax"]
 
 
 def test_build_endpoint_names_a_bad_spec(client):
-    status, table, plot, _, _ = client.predict(BAD, "JSON", "hello", 0, 0, api_name="/build")
+    status, table, plot, _, _, diagram, _ = client.predict(BAD, "JSON", "hello", 0, 0, api_name="/build")
     assert "d_model=64" in status and "n_heads=5" in status
     assert "Traceback" not in status
-    assert table["visible"] is False and plot is None  # no stale results next to a bad spec
+    assert table["visible"] is False and plot is None and diagram is None  # no stale results next to a bad spec
     # the server is still up after the error
     status, *_ = client.predict("vocab_size: 256\nd_model: 64\nn_layers: 2\nn_heads: 4\npattern: S\n"
                                 "pattern_map: {S: softmax}\n", "YAML", "ok", 0, 0, api_name="/build")
@@ -119,49 +138,333 @@ def test_build_endpoint_names_a_bad_spec(client):
 def test_sliders_follow_the_built_spec(client):
     """After building an 8-layer spec, layer 7 can be chosen (the slider's range grew)."""
     spec = dump_spec_data(PRESETS["MiniMax 7:1 lightning:softmax"], "YAML")
-    status, _, _, layer, _ = client.predict(spec, "YAML", "abc", 0, 0, api_name="/build")
+    status, _, _, layer, *_ = client.predict(spec, "YAML", "abc", 0, 0, api_name="/build")
     assert "8 layers" in status and layer["maximum"] == 7
-    status, _, plot, layer, _ = client.predict(spec, "YAML", "abc", 7, 0, api_name="/build")
+    status, _, plot, layer, *_ = client.predict(spec, "YAML", "abc", 7, 0, api_name="/build")
     assert layer["value"] == 7 and "layer 7 (softmax)" in json.dumps(plot)
 
 
-# ---- the page ------------------------------------------------------------------------------------
-@pytest.mark.browser
-def test_page_builds_and_shows_errors(server_url, tmp_path):
+def test_validate_endpoint_gives_the_specs_own_messages(client):
+    assert "Spec OK" in client.predict(VALID, "JSON", api_name="/validate")
+    message = client.predict(BAD, "JSON", api_name="/validate")
+    assert "n_heads=5" in message and "Spec error" in message
+    assert "not valid YAML" in client.predict("a: [", "YAML", api_name="/validate")
+
+
+def test_apply_layers_rewrites_the_spec_and_names_bad_cells(client):
+    rows = {"headers": ["layer", "mixer", "positional", "params"],
+            "data": [[0, "sliding_window", "nope", '{"window": 16}'], [1, "softmax", "rope", ""]]}
+    editor, status = client.predict(VALID, "JSON", rows, api_name="/apply_layers")
+    spec = json.loads(editor["value"])  # an update of the editor's value
+    assert spec["n_layers"] == 2 and spec["layers"][0] == {"mixer": "sliding_window", "positional": "nope", "window": 16}
+    assert "pattern" not in spec and "rewritten" in status
+    rows["data"][1][3] = "{window: "
+    _, status = client.predict(VALID, "JSON", rows, api_name="/apply_layers")
+    assert "layers[1].params" in status and "Spec error" in status
+    rows["data"][1] = [1, "mamba", "rope", "{}"]
+    _, status = client.predict(VALID, "JSON", rows, api_name="/apply_layers")
+    assert "unknown mixer 'mamba'" in status
+
+
+def _train(client, name, steps=20, arch="small hybrid (lightning + softmax)", task="mqar", task_args="{}", spec=""):
+    job = client.submit("", arch, spec, "JSON", task, task_args, steps, 16, 3e-3, name, api_name="/train")
+    job.result(timeout=600)
+    return job.outputs()
+
+
+def test_train_lists_shows_and_explores_a_run(client):
+    outputs = _train(client, "api-run", steps=20)
+    status, curve, runs = outputs[-1]
+    assert "finished" in status and "step 20 of 20" in status and "vocab_size set from 256 to the task's 128" in status
+    assert len(outputs) >= 2  # progress was streamed before the end
+    curve = json.loads(curve["plot"])
+    assert [t["name"] for t in curve["data"]][:2] == ["train loss", "train accuracy"] and len(curve["data"][0]["x"]) == 20
+    assert runs["value"] == "api-run"
+    assert client.predict("", api_name="/list_runs")["choices"][0][0] == "api-run"
+    info, run_curve = client.predict("", "api-run", api_name="/show_run")
+    assert "status finished" in info and "task mqar" in info and run_curve is not None
+    out = client.predict("", "run: api-run", "task example", "", 64, 0, None, api_name="/explore")
+    assert "an example of the task 'mqar'" in out[0] and out[1] is not None
+    out = client.predict("", "run: api-run", "text", "hello", 64, 0, None, api_name="/explore")
+    assert "too small for text" in out[0] and "task example" in out[0] and out[1] is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(task_args="{bad"), "task arguments are not valid JSON"),
+    (dict(arch="the spec in Compose", spec="{ nope"), "not valid JSON"),
+    (dict(arch="the spec in Compose", spec=json.dumps({**DEFAULT_SPEC, "d_model": 4096, "n_layers": 8})),
+     "over the app's training cap"),
+])
+def test_train_refuses_bad_input_with_the_fix(client, kwargs, message):
+    status, curve, _ = _train(client, "bad-run", **kwargs)[-1]
+    assert message in status and curve is None and "Traceback" not in status
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(task="no-such-task"), "not in the list of choices"),
+                                             (dict(steps=0), "less than minimum value 1")])
+def test_values_outside_a_components_range_are_refused_by_gradio(client, kwargs, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        _train(client, "bad-value", **kwargs)
+    assert client.predict(VALID, "JSON", api_name="/validate").startswith("Spec OK")  # still serving
+
+
+def test_a_name_that_exists_or_escapes_stays_inside_the_users_folder(client, runs_root):
+    _train(client, "twice", steps=2)
+    status, *_ = _train(client, "twice", steps=2)[-1]
+    assert "already exists" in status
+    status, *_ = _train(client, "../../escape", steps=2)[-1]
+    assert "finished" in status
+    folder = runs_root / client.session_hash
+    assert (folder / "escape" / "run.json").is_file() and not (runs_root.parent / "escape").exists()
+    info, _ = client.predict("", "../../etc", api_name="/show_run")
+    assert "cannot be read" in info and "not a run of this user" in info
+
+
+def test_cancel_stops_training_and_keeps_the_checkpoint(server_url, runs_root):
+    from gradio_client.utils import Status
+
+    user = _new_client(server_url)
+    job = user.submit("", "small hybrid (lightning + softmax)", "", "JSON", "mqar", "{}", 5000, 16, 3e-3, "long",
+                      api_name="/train")
+    run = runs_root / user.session_hash / "long"
+    for _ in range(1200):  # waiting for the first step, not timing it
+        if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip():
+            break
+        time.sleep(0.1)
+    status = user.predict("", api_name="/cancel_training")
+    assert "Cancelled" in status and "stopped" in status
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "stopped" and 1 <= record["step"] < 5000
+    assert (run / record["last_checkpoint"] / "model.safetensors").is_file()
+    try:  # the training event ends by itself once its job has stopped (or gradio cancelled it)
+        final = job.result(timeout=120)[0]
+        assert "stopped" in final
+    except Exception as err:
+        assert job.status().code == Status.CANCELLED, err
+    assert "No training is running" in user.predict("", api_name="/cancel_training")
+
+
+def test_training_runs_one_at_a_time_in_a_queue(server_url):
+    from gradio_client.utils import Status
+
+    first, second = _new_client(server_url), _new_client(server_url)
+    job1 = first.submit("", "small hybrid (lightning + softmax)", "", "JSON", "mqar", "{}", 5000, 16, 3e-3, "q1",
+                        api_name="/train")
+    for _ in range(600):
+        if job1.status().code == Status.PROCESSING:
+            break
+        time.sleep(0.1)
+    job2 = second.submit("", "small hybrid (lightning + softmax)", "", "JSON", "mqar", "{}", 2, 16, 3e-3, "q2",
+                         api_name="/train")
+    time.sleep(2)
+    assert job2.status().code == Status.IN_QUEUE  # the training queue holds it while job 1 runs
+    first.predict("", api_name="/cancel_training")
+    assert "finished" in job2.result(timeout=600)[0]
+
+
+def test_users_never_see_each_others_runs(server_url, client):
+    _train(client, "mine", steps=2)
+    other = _new_client(server_url)
+    assert other.predict("", api_name="/list_runs")["choices"] == []
+    info, _ = other.predict("", "mine", api_name="/show_run")
+    assert "cannot be read" in info
+    out = other.predict("", "run: mine", "task example", "", 64, 0, None, api_name="/explore")
+    assert "not a model you can open here" in out[0]
+
+
+def test_explore_default_model_and_compare_with_smollm2(server_url):
+    # a new page session: the layer slider's range is per session and follows the last model explored
+    client = _new_client(server_url)
+    text = "The cat sat on the mat. The dog sat on the log."
+    out = client.predict("", "tiny-hybrid (default)", "text", text, 64, 2, None, api_name="/explore")
+    status, heads, rhythm, tokens, spans, graph, layer, *compare = out
+    assert "tiny-hybrid (default)" in status and f"{len(text)} tokens" in status
+    assert "layer 2 (softmax)" in json.dumps(heads)  # the head grid of the chosen layer
+    assert 'class="tok anchor"' in tokens or 'class="tok both"' in tokens
+    assert rhythm is not None and spans is not None and graph is not None
+    assert layer["maximum"] == 2 and compare == ["", None, None, ""]
+    out = client.predict("", "SmolLM2-135M-Instruct (pretrained)", "answer", "What is 2 plus 3?", 16, 1,
+                         "tiny-softmax (default)", api_name="/explore")
+    assert "the model wrote" in out[0] and "of 30" in out[0] and "layer 1 (softmax)" in json.dumps(out[1])
+    assert out[6]["maximum"] == 29  # the slider now spans SmolLM2's layers
+    assert "tiny-softmax (default)" in out[7] and out[8] is not None and 'class="tok' in out[10]
+
+
+@pytest.mark.parametrize("label, text, message", [
+    ("tiny-hybrid (default)", "x" * 100_000, "100,000 characters"),
+    ("tiny-hybrid (default)", "", "the text is empty"),
+    ("tiny-hybrid (default)", "y" * 5000, "tokens long"),
+    ("run: ../../etc", "abc", "not a model you can open here"),
+    ("no such model", "abc", "not a model you can open here"),
+])
+def test_explore_errors_show_in_the_page(client, label, text, message):
+    out = client.predict("", label, "text", text, 64, 0, None, api_name="/explore")
+    assert "Cannot explore" in out[0] and message in out[0] and out[1] is None
+
+
+def test_a_corrupt_run_gives_an_error_and_the_app_keeps_serving(client, runs_root):
+    _train(client, "to-corrupt", steps=2)
+    run = runs_root / client.session_hash / "to-corrupt"
+    record = json.loads((run / "run.json").read_text())
+    (run / record["last_checkpoint"] / "model.safetensors").write_bytes(b"\0garbage")
+    out = client.predict("", "run: to-corrupt", "task example", "", 64, 0, None, api_name="/explore")
+    assert "missing or corrupt" in out[0]
+    (run / "run.json").write_text("{ not json")
+    info, _ = client.predict("", "to-corrupt", api_name="/show_run")
+    assert "cannot be read" in info
+    assert client.predict(VALID, "JSON", api_name="/validate").startswith("Spec OK")  # still serving
+
+
+# ---- the page ----------------------------------------------------------------------------------------
+def _browser(p):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium for the browser tests")
-    from playwright.sync_api import expect, sync_playwright
+    return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def _screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = _browser(p)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(server_url)
-            page.get_by_role("button", name="Build").click()
-            page.wait_for_selector("#pattern-plot .js-plotly-plot", timeout=TIMEOUT_MS)
-            expect(page.locator("#summary-table")).to_contain_text("all-softmax", timeout=TIMEOUT_MS)
-            expect(page.locator("#status")).to_contain_text("Built", timeout=TIMEOUT_MS)
-            shot = tmp_path / "compose.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 0
-
-            # moving the layer slider redraws the heatmap for that layer
-            page.locator("input[type=range]").first.focus()
-            page.keyboard.press("Home")
-            expect(page.locator("#pattern-plot")).to_contain_text("layer 0 (lightning)", timeout=TIMEOUT_MS)
-
-            editor = page.locator("#spec-editor .cm-content")
-            editor.click()
-            page.keyboard.press("ControlOrMeta+A")
-            page.keyboard.insert_text(BAD)
-            page.get_by_role("button", name="Build").click()
-            status = page.locator("#status")
-            expect(status).to_contain_text("n_heads=5", timeout=TIMEOUT_MS)
-            expect(status).to_contain_text("d_model=64")
-            expect(page.locator("body")).not_to_contain_text("Traceback")
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server_url)
+    return page
+
+
+@pytest.mark.browser
+def test_page_compose_builds_and_shows_errors(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Compose").click()
+    page.get_by_role("button", name="Build").click()
+    page.wait_for_selector("#pattern-plot .js-plotly-plot", timeout=TIMEOUT_MS)
+    page.wait_for_selector("#diagram-plot .js-plotly-plot", timeout=TIMEOUT_MS)
+    expect(page.locator("#summary-table")).to_contain_text("all-softmax", timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).to_contain_text("Built", timeout=TIMEOUT_MS)
+    expect(page.locator("#diagram-plot")).to_contain_text("L3 softmax")
+    _screenshot(page, "compose")
+
+    # moving the layer slider redraws the heatmap for that layer
+    page.locator("input[type=range]").first.focus()
+    page.keyboard.press("Home")
+    expect(page.locator("#pattern-plot")).to_contain_text("layer 0 (lightning)", timeout=TIMEOUT_MS)
+
+    editor = page.locator("#spec-editor .cm-content")
+    editor.click()
+    page.keyboard.press("ControlOrMeta+A")
+    page.keyboard.insert_text(BAD)
+    status = page.locator("#status")
+    expect(status).to_contain_text("n_heads=5", timeout=TIMEOUT_MS)  # live validation, before Build
+    page.get_by_role("button", name="Build").click()
+    expect(status).to_contain_text("n_heads=5", timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("d_model=64")
+    expect(page.locator("body")).not_to_contain_text("Traceback")
+    editor.click()
+    page.keyboard.press("ControlOrMeta+A")
+    page.keyboard.insert_text(VALID)
+    expect(status).to_contain_text("Spec OK", timeout=TIMEOUT_MS)
+
+
+@pytest.mark.browser
+def test_page_train_updates_the_plot_and_opens_the_run_in_explore(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Train").click()
+    steps = page.get_by_label("Steps")
+    steps.fill("40")
+    page.get_by_label("Run name (blank: task and time)").fill("browser-run")
+    page.locator("#train-button").click()
+    status = page.locator("#train-status")
+    expect(status).to_contain_text("step", timeout=TIMEOUT_MS)  # the live status while it trains
+    page.wait_for_selector("#train-plot .js-plotly-plot", timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("finished", timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("step 40 of 40")
+    _screenshot(page, "train")
+    page.locator("#open-in-explore").click()
+    expect(page.locator("#explore-model input")).to_have_value("run: browser-run", timeout=TIMEOUT_MS)
+
+
+@pytest.mark.browser
+def test_page_explore_shows_heads_and_highlighted_tokens(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Explore").click()
+    model = page.locator("#explore-model input")
+    model.click()
+    page.get_by_role("option", name="tiny-hybrid (default)").click()
+    page.locator("#explore-button").click()
+    expect(page.locator("#explore-status")).to_contain_text("tokens, response from token 0", timeout=TIMEOUT_MS)
+    page.wait_for_selector("#explore-heads .js-plotly-plot", timeout=TIMEOUT_MS)
+    page.wait_for_selector("#explore-rhythm .js-plotly-plot", timeout=TIMEOUT_MS)
+    page.wait_for_selector("#explore-graph .js-plotly-plot", timeout=TIMEOUT_MS)
+    assert page.locator("#explore-tokens .tok.anchor, #explore-tokens .tok.both").count() > 0
+    assert page.locator("#explore-tokens .tok.preplan, #explore-tokens .tok.both").count() > 0
+    _screenshot(page, "explore")
+
+    page.locator("#explore-text textarea").fill("z" * 100_000)
+    page.locator("#explore-button").click()
+    expect(page.locator("#explore-status")).to_contain_text("100,000 characters", timeout=TIMEOUT_MS)
+    expect(page.locator("body")).not_to_contain_text("Traceback")
+
+
+@pytest.mark.browser
+def test_page_learn_draws_every_view(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Learn").click()
+    for plot in ("#learn-compare", "#learn-gallery"):
+        page.wait_for_selector(f"{plot} .js-plotly-plot", timeout=TIMEOUT_MS)
+    expect(page.locator("#learn-chunk-note")).to_contain_text("Largest difference", timeout=TIMEOUT_MS)
+    for name in ("softmax", "sliding_window", "linear", "lightning"):
+        expect(page.locator("#learn-gallery")).to_contain_text(name)
+    _screenshot(page, "learn")
+
+
+@pytest.mark.browser
+def test_two_browsers_keep_their_runs_apart(server_url, browser):
+    """Each browser gets its own id (local storage); one browser's runs are not listed in another."""
+    from playwright.sync_api import expect
+
+    first = browser.new_context().new_page()
+    first.set_default_timeout(TIMEOUT_MS)
+    first.goto(server_url)
+    first.get_by_role("tab", name="Train").click()
+    first.get_by_label("Steps").fill("2")
+    first.get_by_label("Run name (blank: task and time)").fill("private-run")
+    first.locator("#train-button").click()
+    expect(first.locator("#train-status")).to_contain_text("finished", timeout=TIMEOUT_MS)
+    first.reload()  # the same browser keeps its runs after a reload
+    first.get_by_role("tab", name="Train").click()
+    expect(first.locator("#runs-list input")).to_have_value("private-run", timeout=TIMEOUT_MS)
+
+    second = browser.new_context().new_page()
+    second.set_default_timeout(TIMEOUT_MS)
+    second.goto(server_url)
+    second.get_by_role("tab", name="Train").click()
+    second.wait_for_timeout(2000)
+    expect(second.locator("#runs-list input")).to_have_value("")
+    first.context.close()
+    second.context.close()
 
 
 def _listening_addresses(port: int) -> set[str]:
