@@ -47,7 +47,7 @@ import importlib.util
 
 import torch
 
-from analyses.metrics import head_groups
+from analyses.metrics import fai, head_groups, head_span, waad
 from analyses.rhythm import Rhythm, finish, prepare
 from kernels.reference.softmax_attention_stats import (
     check_block,
@@ -240,6 +240,22 @@ def mixer_stats(mixer, q: torch.Tensor, k: torch.Tensor, **kw) -> dict[str, torc
     raise NotImplementedError(f"no streaming statistics for mixer {name!r}; supported: {_SOFTMAX + _LINEAR}")
 
 
+def has_streaming_stats(mixer) -> bool:
+    """Whether `mixer_stats` has a streaming form for this mixer (others fall back to their pattern)."""
+    return getattr(type(mixer), "name", None) in _SOFTMAX + _LINEAR
+
+
+def pattern_stats(pattern: torch.Tensor, response_start: int = 0, waad_window: int | None = 10, h_lo: int = 10,
+                  h_hi: int | None = 100, block: int = 128) -> dict[str, torch.Tensor]:
+    """The same per-head dict as `mixer_stats`, from a materialised pattern [B, H, T, T] (`block` unused):
+    the fallback for mixers without a streaming form."""
+    b, h, n, _ = pattern.shape
+    flat = pattern.reshape(b * h, n, n)
+    return {"span": head_span(pattern, response_start),
+            "waad": waad(flat, waad_window).reshape(b, h, n),
+            "fai": fai(flat, h_lo, h_hi, response_start).reshape(b, h, n)}
+
+
 def _qk_names(mixer, layer: int) -> tuple[str, str]:
     if mixer.rotary is not None:
         return f"blocks.{layer}.attn.hook_rot_q", f"blocks.{layer}.attn.hook_rot_k"
@@ -272,18 +288,24 @@ def streaming_rhythm(
     block: int = 128,
 ) -> Rhythm:
     """`analyses.rhythm` without patterns: ONE hooked forward caching only the selected layers' q/k hooks
-    (never hook_pattern), then per-head streaming statistics (`mixer_stats`). Head groups from the
+    (never hook_pattern), then per-head streaming statistics (`mixer_stats`). A layer whose mixer has no
+    streaming form (`has_streaming_stats`) falls back to its pattern, cached in the same forward. Head groups from the
     streaming spans (`metrics.head_groups` over the [layers, heads] span matrix); WAAD / FAI = the mean of
     the group heads' per-head series (WAAD and FAI are linear in the pattern). Same arguments and result
     as `analyses.rhythm` (plus `block`, the key / chunk block size)."""
     tokens, response_start, layers = prepare(model, tokens, response_start, layers)
-    names = {name for layer in layers for name in _qk_names(model.blocks[layer].attn, layer)}
+    streamed = [layer for layer in layers if has_streaming_stats(model.blocks[layer].attn)]
+    names = {name for layer in streamed for name in _qk_names(model.blocks[layer].attn, layer)}
+    names |= {f"blocks.{layer}.attn.hook_pattern" for layer in layers if layer not in streamed}
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in names)
         dtype = torch.float64 if logits.device.type == "cpu" else torch.float32  # CUDA: the Triton kernel
         kw = dict(response_start=response_start, waad_window=window, h_lo=h_lo, h_hi=h_hi, block=block)
         stats = {}
         for layer in layers:
+            if layer not in streamed:  # no streaming form for this mixer: its (materialised) pattern
+                stats[layer] = pattern_stats(cache[f"blocks.{layer}.attn.hook_pattern"].to(dtype), **kw)
+                continue
             lq, lk = mixer_qk_from_cache(model, cache, layer)
             stats[layer] = mixer_stats(model.blocks[layer].attn, lq.detach().to(dtype), lk.detach().to(dtype), **kw)
 

@@ -337,3 +337,15 @@ def test_package_exports():
     for name in ("streaming_softmax_stats", "streaming_linear_stats", "mixer_stats", "mixer_qk_from_cache",
                  "streaming_rhythm"):
         assert callable(getattr(analyses, name)) and name in analyses.__all__
+
+
+def test_mixers_without_a_streaming_form_fall_back_to_their_pattern(model, tokens, monkeypatch):
+    """Layers whose mixer has no streaming statistics are read from their pattern in the same forward;
+    the result still equals analyses.rhythm (here lightning is treated as if it had no streaming form)."""
+    import analyses.streaming as streaming
+
+    monkeypatch.setattr(streaming, "_LINEAR", ("linear",))
+    assert not streaming.has_streaming_stats(model.blocks[3].attn)  # pattern "SWNL": layer 3 is lightning
+    want = analyses.rhythm(model, tokens, response_start=12, layers=[1, 2, 3, 7])
+    got = streaming_rhythm(model, tokens, response_start=12, layers=[1, 2, 3, 7], block=16)
+    assert_rhythms_equal(got, want)
