@@ -1,4 +1,9 @@
-"""Mixer configurations the tests sweep: every registered mixer, with and without the shared options."""
+"""Mixer configurations the tests sweep: every registered mixer, with and without the shared options.
+Cases of the mixer zoo live in one file per family (tests/cases_*.py) and are merged here."""
+
+import importlib
+import pkgutil
+from pathlib import Path
 
 from studio.mixers import REGISTRY, MixerShape
 
@@ -15,6 +20,10 @@ CASES = {
     "lightning-list-decay": ("lightning", {"decay": [0.9, 0.5, 1.0, 0.99], "block_size": 5,
                                            "output_gate": "swish", "short_conv": 3}, dict(positional="nope")),
 }
+
+for _module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+    if _module.name.startswith("cases_"):
+        CASES.update(importlib.import_module(_module.name).CASES)
 
 # Every registered mixer must appear in the sweep.
 assert {name for name, _, _ in CASES.values()} == set(REGISTRY), "add the new mixer to tests/mixer_cases.py"

@@ -7,7 +7,12 @@ and adds only its own math: its gates, its parallel form, its step, and its effe
 from studio.mixers.base import Mixer, MixerParams, MixerShape
 from studio.mixers.registry import REGISTRY, register
 
-# Importing a mixer module registers it.
-from studio.mixers import lightning, linear, sliding_window, softmax  # noqa: E402,F401  isort: skip
+# Importing a mixer module registers it: every module of this package is imported, so a new mixer is
+# one new file (helper modules register nothing).
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["REGISTRY", "Mixer", "MixerParams", "MixerShape", "register"]

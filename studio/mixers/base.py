@@ -77,7 +77,9 @@ class Mixer(nn.Module):
     name: ClassVar[str]
     paper: ClassVar[str]
     time_complexity: ClassVar[str]  # training / prefill cost over a sequence of length T
-    state_kind: ClassVar[Literal["kv_cache", "window", "matrix"]]
+    # What decoding keeps: "kv_cache", "window" (the last w keys/values), "matrix" (a fixed-size recurrent
+    # state), or a combination such as "window+matrix"; mixers with other states override state_elements.
+    state_kind: ClassVar[str]
     # The family the mixer belongs to, for grouping and colouring in views ("softmax", "linear", ...).
     family: ClassVar[str] = "other"
     Params: ClassVar[type[MixerParams]] = MixerParams
