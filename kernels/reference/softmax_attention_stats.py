@@ -7,9 +7,9 @@ scale) over s <= t (and t - s < window with a sliding window), R = {t >= respons
     fai  [B, H, T]  FAI_s = 1/|T(s)| sum_{t in T(s)} A[t,s],
                     T(s) = {t in R : s + h_lo <= t <= min(T-1, s + h_hi)}      (h_hi None: to the end; 0 if empty)
 
-Block-wise as in FlashAttention (Dao et al. 2022): pass 1 combines each query row's log-sum-exp block by
-block (the online softmax), pass 2 recomputes each block's probabilities from it and accumulates the row
-and column sums. The largest intermediate is [B, H, T, block]. Triton version: kernels.softmax_attention_stats.
+Tiled as in FlashAttention (Dao et al. 2022): a row pass with the online softmax gives each query row's
+log-sum-exp and its distance sums; a column pass recomputes the probabilities of only the tiles inside each
+key's FAI band. The largest intermediate is [B, H, block, block]. Triton version: kernels.softmax_attention_stats.
 """
 
 from __future__ import annotations
@@ -93,48 +93,77 @@ def softmax_attention_stats_reference(
 
     q, k: [B, H, T, D] (k already expanded to the H query heads; post-RoPE). Returns
     {"span": [B, H], "waad": [B, H, T], "fai": [B, H, T]} in float64 for float64 input, else float32.
-    Two passes over blocks of `block` keys; the largest intermediate is [B, H, T, block]."""
+    Tiles of `block` queries x `block` keys; the largest intermediate is [B, H, block, block].
+
+    Row pass (one pass, online softmax): per query tile, over the key tiles it can see, keep the running
+    max m, l = sum e, a = sum e (t - s), w = sum e min(t - s, W) with e = exp(score - m), rescaled when m
+    grows; dist = a / l, WAAD = w / l, lse = m + log l. Column pass: per key tile, only the query tiles
+    inside its FAI band [s + h_lo, s + h_hi] recompute p = exp(score - lse) and sum the member rows."""
     b, h, n, _ = check_qk(q, k)
     start = check_options(n, response_start, waad_window, h_lo, window)
     block = check_block(block)
     dtype = work_dtype(q, k)
     q, k = q.to(dtype), k.to(dtype)
     dev = q.device
+    pos = torch.arange(n, device=dev)
 
-    def scores_of(j0: int, j1: int):
-        """Scores of the queries that can see keys j0..j1-1: rows t0..t1-1, -inf where not allowed."""
-        t0, t1 = j0, n if window is None else min(n, j1 - 1 + window)
-        gap = torch.arange(t0, t1, device=dev)[:, None] - torch.arange(j0, j1, device=dev)[None, :]
+    def tile(t0: int, t1: int, j0: int, j1: int):
+        """Scores of queries t0..t1-1 against keys j0..j1-1 (-inf where not allowed) and the lags t - s."""
+        gap = pos[t0:t1, None] - pos[None, j0:j1]
+        scores = (q[:, :, t0:t1] @ k[:, :, j0:j1].transpose(-1, -2)) * scale
         allowed = gap >= 0
         if window is not None:
             allowed &= gap < window
-        scores = (q[:, :, t0:t1] @ k[:, :, j0:j1].transpose(-1, -2)) * scale
-        return t0, t1, gap, scores.masked_fill(~allowed, float("-inf"))
+        if not bool(allowed.all()):
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        return scores, gap
 
-    # pass 1: log-sum-exp of each query row, combined block by block
-    lse = torch.full((b, h, n), float("-inf"), dtype=dtype, device=dev)
-    for j0 in range(0, n, block):
-        t0, t1, _, scores = scores_of(j0, min(n, j0 + block))
-        lse[:, :, t0:t1] = torch.logaddexp(lse[:, :, t0:t1], torch.logsumexp(scores, dim=-1))
+    def first_key(t0: int) -> int:
+        """The first key tile start that query t0's tile can see (sliding window), block-aligned."""
+        return 0 if window is None else max(0, t0 - window + 1) // block * block
 
-    # pass 2: probabilities with the final lse; row and column accumulations
-    dist = torch.zeros((b, h, n), dtype=dtype, device=dev)
-    clipped = torch.zeros((b, h, n), dtype=dtype, device=dev)
+    # row pass: lse, distance and clipped distance of every query row
+    lse = torch.empty((b, h, n), dtype=dtype, device=dev)
+    dist = torch.empty_like(lse)
+    clipped = torch.empty_like(lse)
+    for t0 in range(0, n, block):
+        t1 = min(n, t0 + block)
+        shape = (b, h, t1 - t0)
+        m = torch.full(shape, float("-inf"), dtype=dtype, device=dev)
+        l, a, w = (torch.zeros(shape, dtype=dtype, device=dev) for _ in range(3))
+        for j0 in range(first_key(t0), t1, block):
+            j1 = min(n, j0 + block, t1)
+            scores, gap = tile(t0, t1, j0, j1)
+            m_new = torch.maximum(m, scores.amax(-1))
+            safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # rows with nothing yet
+            e = torch.exp(scores - safe[..., None])
+            keep = torch.exp(m - safe)
+            lag = gap.clamp(min=0).to(dtype)
+            l = l * keep + e.sum(-1)
+            a = a * keep + (e * lag).sum(-1)
+            clip = lag if waad_window is None else lag.clamp(max=waad_window)
+            w = w * keep + (e * clip).sum(-1)
+            m = m_new
+        lse[:, :, t0:t1] = m + torch.log(l)
+        dist[:, :, t0:t1] = a / l
+        clipped[:, :, t0:t1] = w / l
+
+    # column pass: sum of p over the member rows t in T(s) of every key column s
     total = torch.zeros((b, h, n), dtype=dtype, device=dev)
     for j0 in range(0, n, block):
         j1 = min(n, j0 + block)
-        t0, t1, gap, scores = scores_of(j0, j1)
-        p = torch.exp(scores - lse[:, :, t0:t1, None])  # 0 where masked
-        lag = gap.clamp(min=0).to(dtype)
-        dist[:, :, t0:t1] += (p * lag).sum(-1)
-        if waad_window is None:
-            clipped[:, :, t0:t1] += (p * lag).sum(-1)
-        else:
-            clipped[:, :, t0:t1] += (p * lag.clamp(max=waad_window)).sum(-1)
-        member = (gap >= h_lo) & (torch.arange(t0, t1, device=dev) >= start)[:, None]
-        if h_hi is not None:
-            member &= gap <= h_hi
-        total[:, :, j0:j1] += (p * member.to(dtype)).sum(-2)
+        lo = max(j0 + h_lo, start)
+        hi = n if h_hi is None else min(n, j1 - 1 + h_hi + 1)
+        if window is not None:
+            hi = min(hi, j1 - 1 + window)
+        for t0 in range(lo // block * block, hi, block):
+            t1 = min(n, t0 + block)
+            scores, gap = tile(t0, t1, j0, j1)
+            p = torch.exp(scores - lse[:, :, t0:t1, None])  # 0 where masked
+            member = (gap >= h_lo) & (pos[t0:t1] >= start)[:, None]
+            if h_hi is not None:
+                member &= gap <= h_hi
+            total[:, :, j0:j1] += (p * member.to(dtype)).sum(-2)
 
     count = fai_count(n, start, h_lo, h_hi, dev, dtype)
     return {"span": span_over_response(dist, start), "waad": clipped, "fai": fai_finish(total, count)}
