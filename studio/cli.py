@@ -31,8 +31,13 @@ def mixers_rows() -> tuple[list[str], list[list[str]]]:
         "window": "KV window: 2 x kv_heads x d_head x min(T, w)",
         "matrix": "matrix: heads x d_head x d_head (constant)",
     }
-    rows = [[name, cls.paper, cls.time_complexity, state[cls.state_kind]] for name, cls in sorted(REGISTRY.items())]
-    return ["name", "paper", "time (sequence of T)", "inference state"], rows
+
+    def describe(kind: str) -> str:  # combinations such as "window+matrix" list their parts
+        return " + ".join(state.get(part, part) for part in kind.split("+"))
+
+    rows = [[name, cls.family, cls.paper, cls.time_complexity, describe(cls.state_kind)]
+            for name, cls in sorted(REGISTRY.items())]
+    return ["name", "family", "paper", "time (sequence of T)", "inference state"], rows
 
 
 def cmd_mixers(args) -> int:

@@ -30,6 +30,7 @@ def test_mixers_lists_every_registered_mixer():
     rows = json.loads(studio("mixers", "--json").stdout)
     assert {r["name"] for r in rows} == set(REGISTRY)
     assert all("arXiv" in r["paper"] for r in rows)
+    assert all(r["family"] == REGISTRY[r["name"]].family != "other" for r in rows)  # every mixer names its family
     table = studio("mixers").stdout
     for name in REGISTRY:
         assert name in table
