@@ -17,7 +17,9 @@ from rich.table import Table
 def _table(title: str, header: list[str], rows: list[list[str]], right_from: int = 2) -> Table:
     table = Table(title=title, title_justify="left")
     for i, name in enumerate(header):
-        table.add_column(name, justify="right" if i >= right_from else "left", no_wrap=True)
+        # the first column (a name) never wraps; the others fold when the console is narrow
+        table.add_column(name, justify="right" if i >= right_from else "left", no_wrap=i == 0,
+                         overflow="ellipsis" if i == 0 else "fold")
     for row in rows:
         table.add_row(*row)
     return table
@@ -30,6 +32,7 @@ def mixers_rows() -> tuple[list[str], list[list[str]]]:
         "kv_cache": "KV cache: 2 x kv_heads x d_head x T",
         "window": "KV window: 2 x kv_heads x d_head x min(T, w)",
         "matrix": "matrix: heads x d_head x d_head (constant)",
+        "chunk_cache": "chunk summaries: 2 x heads x d_head x T/L",
     }
 
     def describe(kind: str) -> str:  # combinations such as "window+matrix" list their parts
