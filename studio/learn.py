@@ -45,7 +45,9 @@ MAX_DIM = 32  # widest head dimension of the toy q, k, v
 DEFAULT_COST_LENGTHS = tuple(256 * 4 ** i for i in range(7))  # 256, 1K, 4K, 16K, 64K, 256K, 1M
 # Parameters the gallery / cost curves give a mixer on top of its defaults (a mixer not named here
 # is built with its defaults, so a newly registered mixer appears without changes here).
-GALLERY_PARAMS: dict[str, dict] = {"sliding_window": {"window": 4}}
+# Small blocks, chunks and windows so that a 12-token gallery shows each mixer's structure.
+GALLERY_PARAMS: dict[str, dict] = {"sliding_window": {"window": 4}, "landmark": {"block_size": 4, "top_k": 1},
+                                   "agent": {"chunk_size": 4, "n_agents": 2}, "dma": {"top_k": 4}}
 COST_PARAMS: dict[str, dict] = {"sliding_window": {"window": 4096}}  # Mistral 7B's window
 
 
