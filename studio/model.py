@@ -9,6 +9,10 @@ A TransformerLens `HookedRootModule` with TransformerLens hook names, so `run_wi
     blocks.{i}.hook_mlp_out, .hook_resid_post
     ln_final.hook_normalized
 
+A mixture-of-experts layer (mlp "moe", `studio.feedforward.MoE`) has instead of .mlp.hook_pre/hook_post
+.mlp.hook_router_logits, .mlp.hook_expert_weights, .mlp.hook_expert_indices and each expert's own hooks;
+`aux_loss()` sums the layers' load-balance losses of the last forward.
+
 `attn` is the layer's mixer whatever it is (the name keeps TransformerLens tools working).
 """
 
@@ -24,6 +28,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from studio.feedforward import MLP, MoE
 from studio.mixers import REGISTRY, Mixer, MixerShape
 from studio.spec import ArchSpec
 
@@ -43,28 +48,6 @@ class Norm(nn.Module):
         return self.hook_normalized(self.norm(x))
 
 
-class MLP(nn.Module):
-    """GELU MLP, or SwiGLU (Shazeer, arXiv 2002.05202): hook_pre is the (gate) pre-activation,
-    hook_post the activation fed to the output projection."""
-
-    def __init__(self, spec: ArchSpec):
-        super().__init__()
-        self.kind = spec.mlp
-        d, f = spec.d_model, spec.d_mlp
-        self.fc_in = nn.Linear(d, f, bias=spec.bias)
-        self.fc_gate = nn.Linear(d, f, bias=spec.bias) if spec.mlp == "swiglu" else None
-        self.fc_out = nn.Linear(f, d, bias=spec.bias)
-        self.hook_pre = HookPoint()
-        self.hook_post = HookPoint()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fc_gate is None:
-            post = F.gelu(self.hook_pre(self.fc_in(x)))
-        else:
-            post = F.silu(self.hook_pre(self.fc_gate(x))) * self.fc_in(x)
-        return self.fc_out(self.hook_post(post))
-
-
 class Block(nn.Module):
     def __init__(self, spec: ArchSpec, index: int):
         super().__init__()
@@ -76,8 +59,13 @@ class Block(nn.Module):
         )
         self.ln1 = Norm(spec)
         self.attn: Mixer = REGISTRY[layer.mixer](shape, **layer.params)
-        self.ln2 = Norm(spec) if spec.mlp != "none" else None
-        self.mlp = MLP(spec) if spec.mlp != "none" else None
+        kind = spec.layer_mlp(index)
+        self.ln2 = Norm(spec) if kind != "none" else None
+        self.mlp: MLP | MoE | None = None
+        if kind == "moe":
+            self.mlp = MoE(spec.d_model, spec.d_expert, spec.moe, bias=spec.bias)
+        elif kind != "none":
+            self.mlp = MLP(spec.d_model, spec.d_mlp, kind, bias=spec.bias)
         for hook in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
             setattr(self, f"hook_{hook}", HookPoint())
 
@@ -133,6 +121,16 @@ class HybridLM(HookedRootModule):
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
+
+    @property
+    def moe_layers(self) -> list[MoE]:
+        return [block.mlp for block in self.blocks if isinstance(block.mlp, MoE)]
+
+    def aux_loss(self) -> torch.Tensor:
+        """The sum over MoE layers of their load-balance losses in the last forward (0 without MoE
+        layers); add it, scaled by a small coefficient, to the training loss."""
+        losses = [moe.last_aux_loss for moe in self.moe_layers if moe.last_aux_loss is not None]
+        return torch.stack(losses).sum() if losses else torch.zeros((), device=self.device)
 
     @property
     def dtype(self) -> torch.dtype:

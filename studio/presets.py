@@ -21,6 +21,12 @@ PRESETS: dict[str, dict] = {
     "smallthinker-nope-rope": {**_SMALL, "d_model": 128, "n_layers": 8, "pattern": "WWWG",
                                "pattern_map": {"W": {"mixer": "sliding_window", "window": 64},
                                                "G": {"mixer": "softmax", "positional": "nope"}}},
+    # the same layout with SmallThinker's fine-grained MoE feed-forward (sigmoid router; its experts are
+    # ReGLU, here SwiGLU), sized so a token's 4 experts hold as many weights as the dense MLP
+    "smallthinker-moe": {**_SMALL, "d_model": 128, "n_layers": 8, "pattern": "WWWG",
+                         "pattern_map": {"W": {"mixer": "sliding_window", "window": 64},
+                                         "G": {"mixer": "softmax", "positional": "nope"}},
+                         "mlp": "moe", "moe": {"n_experts": 16, "top_k": 4, "expert_ratio": 1.0, "router": "sigmoid"}},
 }
 
 DEFAULT = "small-softmax"

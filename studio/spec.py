@@ -8,6 +8,14 @@ Layers are listed explicitly (`layers`) or through a shorthand that is expanded 
     {"ratio": "7:1",    "pattern_map": {"L": "lightning", "S": "softmax"}}   # 7 L then 1 S, cycled
 
 A `pattern_map` value is a mixer name or a full layer dict (`{"mixer": "sliding_window", "window": 64}`).
+
+The feed-forward is `mlp` ("swiglu", "gelu", "none", or "moe": a routed mixture of experts configured by
+the `moe` block, see `MoESpec`); a layer may override it with its own `"mlp"` key:
+
+    {"mlp": "moe", "moe": {"n_experts": 8, "top_k": 2, "shared_experts": 1}}
+    {"mlp": "swiglu", "moe": {...}, "pattern": "DM",
+     "pattern_map": {"D": "softmax", "M": {"mixer": "lightning", "mlp": "moe"}}}         # MoE in every other layer
+
 The canonical form (what `to_json`/`to_yaml` write) always lists the layers, so a spec round-trips
 exactly through JSON and YAML.
 """
@@ -22,9 +30,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-__all__ = ["ArchSpec", "LayerSpec", "SpecError", "SpecLimits", "DEFAULT_LIMITS"]
+__all__ = ["ArchSpec", "LayerSpec", "MoESpec", "SpecError", "SpecLimits", "DEFAULT_LIMITS"]
+
+MLPKind = Literal["none", "gelu", "swiglu", "moe"]
 
 
 class SpecError(ValueError):
@@ -64,14 +74,56 @@ class SpecLimits:
 DEFAULT_LIMITS = SpecLimits.from_env()
 
 
+class MoESpec(BaseModel):
+    """A routed mixture-of-experts feed-forward (Switch, arXiv 2101.03961; MiniMax-M1, arXiv 2506.13585;
+    SmallThinker, arXiv 2507.20984), used by every layer whose mlp is "moe".
+
+    Each token goes through its `top_k` highest-scoring experts, weighted by their router scores, plus
+    the always-on shared experts. Every expert is an MLP of kind `expert_mlp` and width
+    expert_ratio * d_model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_experts: int = Field(default=8, gt=0, le=1024, description="routed experts per layer")
+    top_k: int = Field(default=2, gt=0, description="experts each token is routed to")
+    shared_experts: int = Field(default=0, ge=0, le=64, description="always-on experts every token goes through")
+    expert_ratio: float | None = Field(
+        default=None, gt=0, description="hidden width of each expert / d_model (default: the spec's mlp_ratio)")
+    expert_mlp: Literal["swiglu", "gelu"] = Field(default="swiglu", description="the MLP kind of each expert")
+    router: Literal["softmax", "sigmoid"] = Field(
+        default="softmax",
+        description="router scores: softmax over experts (MiniMax) or per-expert sigmoid (SmallThinker)")
+    normalize_weights: bool | None = Field(
+        default=None, description="rescale the top-k scores to sum to 1 (default: yes for softmax with top_k > 1 as "
+        "in MiniMax; no for top-1 as in Switch, where it would leave the router without a gradient, and for sigmoid)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MoESpec":
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k={self.top_k} is more than n_experts={self.n_experts}; "
+                             f"pick top_k from 1 to {self.n_experts} or add experts")
+        if self.normalize_weights is None:
+            self.normalize_weights = self.router == "softmax" and self.top_k > 1
+        return self
+
+
 class LayerSpec(BaseModel):
-    """One layer: its token mixer (a name in `studio.mixers.REGISTRY`), its positional scheme, and
-    the mixer's own parameters as extra keys (`{"mixer": "sliding_window", "window": 64}`)."""
+    """One layer: its token mixer (a name in `studio.mixers.REGISTRY`), its positional scheme, its
+    feed-forward if it differs from the spec's `mlp`, and the mixer's own parameters as extra keys
+    (`{"mixer": "sliding_window", "window": 64}`)."""
 
     model_config = ConfigDict(extra="allow")
 
     mixer: str
     positional: Literal["rope", "nope"] = "rope"
+    mlp: MLPKind | None = None  # None: the spec's `mlp`
+
+    @model_serializer(mode="wrap")
+    def _omit_default_mlp(self, handler):
+        data = handler(self)
+        if self.mlp is None:  # the canonical form names a layer's mlp only where it overrides the spec's
+            data.pop("mlp", None)
+        return data
 
     @model_validator(mode="after")
     def _check_mixer_params(self) -> "LayerSpec":
@@ -163,8 +215,9 @@ class ArchSpec(BaseModel):
     n_heads: int = Field(gt=0)
     n_kv_heads: int | None = Field(default=None, gt=0)
     d_head: int | None = Field(default=None, gt=0)
-    mlp: Literal["none", "gelu", "swiglu"] = "swiglu"
+    mlp: MLPKind = "swiglu"
     mlp_ratio: float = Field(default=4.0, gt=0)
+    moe: MoESpec | None = None  # the experts of the layers whose mlp is "moe"
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     norm_eps: float = Field(default=1e-5, gt=0)
     tie_embeddings: bool = True
@@ -210,6 +263,7 @@ class ArchSpec(BaseModel):
             problem = REGISTRY[layer.mixer].Params(**layer.params).check_shape(self.n_heads, self.d_head)
             if problem:
                 raise ValueError(f"layers[{i}] ({layer.mixer}): {problem}")
+        self._check_moe()
         checks = [
             ("n_layers", self.n_layers, limits.max_layers, "STUDIO_MAX_LAYERS"),
             ("d_model", self.d_model, limits.max_d_model, "STUDIO_MAX_D_MODEL"),
@@ -224,6 +278,26 @@ class ArchSpec(BaseModel):
                 )
         return self
 
+    def _check_moe(self) -> None:
+        moe_layers = [i for i in range(self.n_layers) if self.layer_mlp(i) == "moe"]
+        if moe_layers and self.moe is None:
+            field = "mlp" if self.mlp == "moe" else f"layers[{','.join(map(str, moe_layers))}].mlp"
+            raise _field_error(field, "'moe' needs a 'moe' block of experts; add one, e.g. "
+                               "\"moe\": {\"n_experts\": 8, \"top_k\": 2}, or pick mlp 'swiglu'")
+        if self.moe is not None and not moe_layers:
+            raise _field_error("moe", "given but no layer uses it; set \"mlp\": \"moe\" (for every layer, or in "
+                               "a layer's own dict) or remove the 'moe' block")
+        if self.moe is not None:
+            if self.moe.expert_ratio is None:
+                self.moe.expert_ratio = self.mlp_ratio
+            if self.d_expert < 1:
+                raise _field_error("moe.expert_ratio", f"{self.moe.expert_ratio} * d_model={self.d_model} rounds to "
+                                   f"an expert width of 0; use expert_ratio >= {1 / self.d_model:.3g}")
+
+    def layer_mlp(self, index: int) -> str:
+        """The feed-forward kind of layer `index`: its own `mlp`, else the spec's."""
+        return self.layers[index].mlp or self.mlp
+
     @property
     def resolved_logit_scale(self) -> float:
         return self.d_model**-0.5 if self.logit_scale is None else self.logit_scale
@@ -233,13 +307,28 @@ class ArchSpec(BaseModel):
     def d_mlp(self) -> int:
         return int(round(self.mlp_ratio * self.d_model))
 
+    @property
+    def d_expert(self) -> int:
+        """Hidden width of each MoE expert (0 without a `moe` block)."""
+        ratio = (self.moe.expert_ratio or self.mlp_ratio) if self.moe is not None else 0.0
+        return int(round(ratio * self.d_model))
+
     def estimated_params(self) -> int:
-        """A quick count (projections, MLPs, embeddings) for the size cap; `studio.summary` is exact."""
+        """A quick count (projections, MLPs, experts, embeddings) for the size cap; `studio.summary` is exact."""
         d, h, kv, dh = self.d_model, self.n_heads, self.n_kv_heads or self.n_heads, self.d_head or 1
         attn = 2 * d * h * dh + 2 * d * kv * dh
-        mlp = {"none": 0, "gelu": 2, "swiglu": 3}[self.mlp] * d * self.d_mlp
-        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
-        return emb + self.n_layers * (attn + mlp)
+        matrices = {"none": 0, "gelu": 2, "swiglu": 3}
+        total = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        for i in range(self.n_layers):
+            kind = self.layer_mlp(i)
+            if kind == "moe":
+                moe = self.moe
+                experts = moe.n_experts + moe.shared_experts
+                mlp = d * moe.n_experts + experts * matrices[moe.expert_mlp] * d * self.d_expert
+            else:
+                mlp = matrices[kind] * d * self.d_mlp
+            total += attn + mlp
+        return total
 
     # ---- serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -341,7 +430,9 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
         field = _loc(e["loc"])
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and e["loc"][:1] == ("moe",):
+            msg = f"unknown field; allowed fields of 'moe': {', '.join(MoESpec.model_fields)}"
+        elif e["type"] == "extra_forbidden":
             msg = f"unknown field; allowed fields: {', '.join([*ArchSpec.model_fields, 'pattern', 'ratio', 'pattern_map'])}"
         elif e["type"] not in ("value_error",) and "input" in e and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"

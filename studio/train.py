@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"          # auto | cpu | cuda
     stop_at_accuracy: float | None = None  # stop early once eval accuracy reaches this
+    aux_loss_coef: float = 0.01   # weight of the MoE load-balance loss (model.aux_loss()) in the objective
     progress: bool = True
 
     def validate(self) -> None:
@@ -66,6 +67,7 @@ class TrainConfig:
             (self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}"),
             (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (self.aux_loss_coef >= 0, f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}"),
             (self.eval_every >= 1 and self.ckpt_every >= 1, "eval_every and ckpt_every must be >= 1"),
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
@@ -303,7 +305,10 @@ def train(
             with autocast:
                 logits = forward(local.inputs)
                 loss_sum = task.loss_sum(logits, local)
-            (loss_sum * world / max(scored_global, 1)).backward()
+            objective = loss_sum * world / max(scored_global, 1)
+            if model.moe_layers:
+                objective = objective + cfg.aux_loss_coef * model.aux_loss()
+            objective.backward()
             stats = torch.stack([loss_sum.detach().float(),
                                  ((logits.argmax(-1) == local.targets) & (local.targets >= 0)).sum().float()])
             if world > 1:
@@ -326,6 +331,8 @@ def train(
             elapsed = time.perf_counter() - t0
             record = {"step": step + 1, "loss": loss, "accuracy": accuracy, "lr": lr, "grad_norm": grad_norm,
                       "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "elapsed_s": elapsed}
+            if model.moe_layers:
+                record["aux_loss"] = float(model.aux_loss().detach())  # this process's batch slice
             done = step + 1 == steps
             if (step + 1) % cfg.eval_every == 0 or done:
                 last_eval = evaluate(model, task, cfg.eval_batches, cfg.batch_size, seed=cfg.seed + 1_000_003)
