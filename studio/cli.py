@@ -103,6 +103,7 @@ def cmd_train(args) -> int:
         "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup, "grad_clip": args.grad_clip,
         "eval_every": args.eval_every, "ckpt_every": args.ckpt_every, "seed": args.seed, "device": args.device,
         "stop_at_accuracy": args.stop_at_accuracy, "weight_decay": args.weight_decay,
+        "aux_loss_coef": args.aux_loss_coef,
     }.items() if v is not None}
     opts["progress"] = not args.no_progress
     if args.resume:
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     for flag, kind in (("--batch-size", int), ("--lr", float), ("--warmup", int), ("--grad-clip", float),
                        ("--eval-every", int), ("--ckpt-every", int), ("--seed", int), ("--weight-decay", float),
-                       ("--stop-at-accuracy", float)):
+                       ("--stop-at-accuracy", float), ("--aux-loss-coef", float)):
         p.add_argument(flag, type=kind)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

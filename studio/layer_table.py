@@ -28,8 +28,15 @@ PARAMS_EXAMPLE = '{"window": 64}'
 
 
 def spec_to_rows(spec: ArchSpec) -> list[list]:
-    """One row per (expanded) layer: [index, mixer, positional, params as compact JSON]."""
-    return [[i, layer.mixer, layer.positional, json.dumps(layer.params)] for i, layer in enumerate(spec.layers)]
+    """One row per (expanded) layer: [index, mixer, positional, params as compact JSON]. A layer's own
+    feed-forward (`"mlp"`, where it overrides the spec's) rides in the params cell."""
+    rows = []
+    for i, layer in enumerate(spec.layers):
+        params = dict(layer.params)
+        if layer.mlp is not None:
+            params["mlp"] = layer.mlp
+        rows.append([i, layer.mixer, layer.positional, json.dumps(params)])
+    return rows
 
 
 def _blank(cell: Any) -> bool:

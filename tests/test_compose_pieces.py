@@ -158,3 +158,14 @@ def test_intra_layer_mixture_is_drawn_as_parts(monkeypatch):
     traces = _family_traces(fig)
     assert len(traces["softmax"].x) == 1 and len(traces["linear"].x) == 2
     assert len(fig.layout.shapes) == 1  # the box around the mixed layer
+
+
+def test_a_layers_own_feed_forward_survives_the_table():
+    data = {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 2, "mlp": "swiglu",
+            "moe": {"n_experts": 4, "top_k": 2},
+            "layers": [{"mixer": "softmax"}, {"mixer": "lightning", "mlp": "moe"}]}
+    spec = ArchSpec.from_dict(data)
+    rows = spec_to_rows(spec)
+    assert json.loads(rows[1][3]) == {**spec.layers[1].params, "mlp": "moe"}
+    again = ArchSpec.from_dict(rows_to_spec_data(data, [[str(c) for c in row] for row in rows]))
+    assert again.to_dict() == spec.to_dict()
