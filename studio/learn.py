@@ -47,7 +47,9 @@ DEFAULT_COST_LENGTHS = tuple(256 * 4 ** i for i in range(7))  # 256, 1K, 4K, 16K
 # is built with its defaults, so a newly registered mixer appears without changes here).
 # Small blocks, chunks and windows so that a 12-token gallery shows each mixer's structure.
 GALLERY_PARAMS: dict[str, dict] = {"sliding_window": {"window": 4}, "landmark": {"block_size": 4, "top_k": 1},
-                                   "agent": {"chunk_size": 4, "n_agents": 2}, "dma": {"top_k": 4}}
+                                   "agent": {"chunk_size": 4, "n_agents": 2}, "dma": {"top_k": 4},
+                                   "hip": {"block_size": 2, "top_k": 1},
+                                   "deltallm": {"window": 4, "anchor_every": 4, "sink": 1}}
 COST_PARAMS: dict[str, dict] = {"sliding_window": {"window": 4096}}  # Mistral 7B's window
 
 

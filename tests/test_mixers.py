@@ -49,7 +49,7 @@ def test_forward_step_and_pattern_agree(case, length, seed):
     v = mixer.expand_kv(v.transpose(1, 2))
     torch.testing.assert_close(z, (pattern @ v).transpose(1, 2), rtol=1e-12, atol=1e-12)
     assert torch.all(pattern.triu(1) == 0), "effective pattern must be lower triangular"
-    if mixer.name in ("softmax", "sliding_window"):
+    if mixer.name in ("softmax", "sliding_window", "hip", "deltallm"):
         torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern[..., 0]))
     if mixer.name == "sliding_window":
         w = mixer.p.window
