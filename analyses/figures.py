@@ -82,11 +82,13 @@ def head_grid(patterns, labels: Sequence[str] | None = None, title: str | None =
     rows = math.ceil(shown / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"head {h}" for h in range(shown)],
                         horizontal_spacing=0.04, vertical_spacing=0.08 if rows > 1 else 0.0)
-    hover = [[f"query {q} '{labels[q]}'<br>key {k} '{labels[k]}'" for k in range(n)] for q in range(n)]
+    # Positions only in the hover (token text is on the axes): per-cell hover strings would cost
+    # H x T x T strings (13 MB of JSON for 4 heads at T=256); float32 z travels as a compact binary array.
     for h in range(shown):
         fig.add_trace(
-            go.Heatmap(z=z[h], x=list(range(n)), y=list(range(n)), text=hover, coloraxis="coloraxis",
-                       name=f"head {h}", hovertemplate=f"head {h}<br>%{{text}}<br>weight %{{z:.4f}}<extra></extra>"),
+            go.Heatmap(z=z[h].astype(np.float32), x=np.arange(n), y=np.arange(n), coloraxis="coloraxis",
+                       name=f"head {h}",
+                       hovertemplate=f"head {h}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.4f}}<extra></extra>"),
             row=h // cols + 1, col=h % cols + 1,
         )
     step = max(1, -(-n // max(8, 48 // cols)))
