@@ -128,3 +128,12 @@ def test_a_hybrid_of_six_mixer_families_trains_on_mqar(tmp_path):
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     model = HybridLM.load(out)
     assert [type(block.attn).name for block in model.blocks] == ["gla", "lightning", "gated_delta", "liger", "moh", "softmax"]
+
+
+def test_docs_mixers_table_lists_every_registered_mixer():
+    """docs/mixers.md (written by docs/build_mixers_doc.py) has a row and an image for every mixer."""
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "mixers.md").read_text()
+    for name in REGISTRY:
+        assert f"| `{name}` |" in doc, f"rerun `python docs/build_mixers_doc.py`: {name} is missing"
+        assert (root / "docs" / "img" / "mixers" / f"{name}.png").is_file(), name
