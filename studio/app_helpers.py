@@ -36,7 +36,9 @@ PRESETS = {
     label: {"name": name, "vocab_size": 256, **_PRESETS[name]}
     for label, name in (("all-softmax", "all-softmax"), ("MiniMax 7:1 lightning:softmax", "minimax-7to1"),
                         ("SmallThinker: RoPE sliding window + NoPE softmax", "smallthinker-nope-rope"),
-                        ("small hybrid (lightning + softmax)", "small-hybrid"))
+                        ("small hybrid (lightning + softmax)", "small-hybrid"),
+                        ("3:1 Gated DeltaNet:softmax", "gated-deltanet-3to1"), ("Liger (SWA + GLA in every layer)", "liger"),
+                        ("SmallThinker with MoE", "smallthinker-moe"), ("one layer of each family", "zoo-hybrid"))
 }
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."

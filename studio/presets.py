@@ -27,6 +27,15 @@ PRESETS: dict[str, dict] = {
                          "pattern_map": {"W": {"mixer": "sliding_window", "window": 64},
                                          "G": {"mixer": "softmax", "positional": "nope"}},
                          "mlp": "moe", "moe": {"n_experts": 16, "top_k": 4, "expert_ratio": 1.0, "router": "sigmoid"}},
+    # arXiv 2507.06457's recommendation: Gated DeltaNet : softmax at 3:1 (NoPE in the recurrent layers)
+    "gated-deltanet-3to1": {**_SMALL, "d_model": 128, "n_layers": 8, "ratio": "3:1",
+                            "pattern_map": {"L": {"mixer": "gated_delta", "positional": "nope"}, "S": "softmax"}},
+    # Liger (arXiv 2503.01496): every layer mixes sliding-window softmax and gated linear attention
+    "liger": {**_SMALL, "d_model": 128, "n_layers": 8, "pattern": "H", "pattern_map": {"H": "liger"}},
+    # one layer of each mixer family in the zoo (softmax, linear, gated, delta, hybrid, sparse)
+    "zoo-hybrid": {**_SMALL, "n_layers": 6, "pattern": "GLDHMS",
+                   "pattern_map": {"G": "gla", "L": "lightning", "D": {"mixer": "gated_delta", "positional": "nope"},
+                                   "H": {"mixer": "liger", "window": 16}, "M": "moh", "S": "softmax"}},
 }
 
 DEFAULT = "small-softmax"

@@ -428,6 +428,45 @@ def test_page_explore_shows_heads_and_highlighted_tokens(page):
 
 
 @pytest.mark.browser
+def test_page_error_paths_show_in_the_page(page, runs_root):
+    """Issue 5 item 6 in the browser: a spec over the size cap, an empty text, and a run whose files are
+    corrupt each show their error in the page, and the page keeps working after each."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Compose").click()
+    editor = page.locator("#spec-editor .cm-content")
+    editor.click()
+    page.keyboard.press("ControlOrMeta+A")
+    page.keyboard.insert_text(json.dumps({**DEFAULT_SPEC, "d_model": 100_000}))
+    expect(page.locator("#status")).to_contain_text("over the size cap", timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).to_contain_text("STUDIO_MAX_D_MODEL")
+
+    page.get_by_role("tab", name="Explore").click()
+    page.locator("#explore-text textarea").fill("")
+    page.locator("#explore-button").click()
+    expect(page.locator("#explore-status")).to_contain_text("the text is empty", timeout=TIMEOUT_MS)
+
+    # the run trained in the Train test, corrupted on disk, then opened from the page
+    (run,) = runs_root.glob("*/browser-run")
+    record = json.loads((run / "run.json").read_text())
+    (run / record["last_checkpoint"] / "model.safetensors").write_bytes(b"\0 not safetensors")
+    model = page.locator("#explore-model input")
+    model.click()
+    page.get_by_role("option", name="run: browser-run").click()
+    page.get_by_label("task example").check()
+    page.locator("#explore-button").click()
+    expect(page.locator("#explore-status")).to_contain_text("missing or corrupt", timeout=TIMEOUT_MS)
+    expect(page.locator("body")).not_to_contain_text("Traceback")
+
+    page.get_by_label("text", exact=True).check()  # and the page still works
+    model.click()
+    page.get_by_role("option", name="tiny-softmax (default)").click()
+    page.locator("#explore-text textarea").fill("still serving")
+    page.locator("#explore-button").click()
+    expect(page.locator("#explore-status")).to_contain_text("13 tokens", timeout=TIMEOUT_MS)
+
+
+@pytest.mark.browser
 def test_page_learn_draws_every_view(page):
     from playwright.sync_api import expect
 

@@ -117,8 +117,12 @@ def test_a_hybrid_of_six_mixer_families_trains_on_mqar(tmp_path):
     from studio import ArchSpec, HybridLM
 
     spec_path = Path(__file__).resolve().parents[1] / "examples" / "zoo_hybrid.yaml"
-    families = {REGISTRY[layer.mixer].family for layer in ArchSpec.load(spec_path).layers}
+    spec = ArchSpec.load(spec_path)
+    families = {REGISTRY[layer.mixer].family for layer in spec.layers}
     assert len(families) >= 5, families
+    from studio.presets import preset
+
+    assert preset("zoo-hybrid").layers == spec.layers  # the app's preset is the same model
     out = tmp_path / "zoo"
     studio("train", "--spec", str(spec_path), "--task", "mqar", "--steps", "40", "--batch-size", "32",
            "--lr", "3e-3", "--warmup", "10", "--eval-every", "20", "--out", str(out), "--no-progress")
