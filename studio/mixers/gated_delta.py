@@ -10,16 +10,14 @@ M[t, s] = beta_s k_s^T P(s+1..t) q_t, P(s+1..t) = prod_{r=s+1..t} alpha_r (I - b
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
 from studio.mixers.deltanet import DeltaNet, DeltaNetParams
 from studio.mixers.registry import register
+from studio.mixers.ssm_decay import check_range, decay_parameters, dt_and_log_decay
 
 
 class GatedDeltaParams(DeltaNetParams):
@@ -33,10 +31,7 @@ class GatedDeltaParams(DeltaNetParams):
     @field_validator("a_init_range", "dt_range")
     @classmethod
     def _positive_range(cls, value):
-        low, high = value
-        if not 0 < low <= high:
-            raise ValueError(f"need 0 < low <= high, got {value}")
-        return value
+        return check_range(value)
 
 
 @register
@@ -50,14 +45,11 @@ class GatedDelta(DeltaNet):
         super().init_mixer()
         h = self.shape.n_heads
         self.decay_proj = nn.Linear(self.shape.d_model, h, bias=False)
-        self.A_log = nn.Parameter(torch.empty(h).uniform_(*self.p.a_init_range).log())
-        low, high = (math.log(x) for x in self.p.dt_range)
-        dt = torch.exp(torch.rand(h) * (high - low) + low)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
+        self.A_log, self.dt_bias = decay_parameters(h, self.p.a_init_range, self.p.dt_range)
 
     def mixing_flops_per_token(self, length: int) -> float:
         return super().mixing_flops_per_token(length) + self.shape.n_heads * self.shape.d_head**2  # alpha_t S
 
     def gates(self, x):
-        log_alpha = -self.A_log.exp() * F.softplus(self.decay_proj(x) + self.dt_bias)  # [batch, time, head]
-        return {**super().gates(x), "log_alpha": log_alpha.transpose(1, 2)}
+        _, log_alpha = dt_and_log_decay(self.decay_proj(x), self.A_log, self.dt_bias)  # [batch, head, time]
+        return {**super().gates(x), "log_alpha": log_alpha}

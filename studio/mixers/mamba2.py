@@ -17,11 +17,9 @@ uses no positional encoding: set the layer's `positional` to "nope" for the pape
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
@@ -32,6 +30,7 @@ from kernels.reference.gated_linear_attention import (
 )
 from studio.mixers.base import Mixer, MixerParams
 from studio.mixers.registry import register
+from studio.mixers.ssm_decay import check_range, decay_parameters, dt_and_log_decay
 
 
 class Mamba2Params(MixerParams):
@@ -48,10 +47,7 @@ class Mamba2Params(MixerParams):
     @field_validator("a_init_range", "dt_init_range")
     @classmethod
     def _positive_range(cls, value):
-        low, high = value
-        if not 0 < low <= high:
-            raise ValueError(f"a range must satisfy 0 < low <= high, got {value}")
-        return value
+        return check_range(value)
 
 
 @register
@@ -66,16 +62,13 @@ class Mamba2(Mixer):
     def init_mixer(self):
         h = self.shape.n_heads
         self.dt_proj = nn.Linear(self.shape.d_model, h, bias=False)
-        dt_low, dt_high = self.p.dt_init_range
-        dt = torch.exp(torch.rand(h) * (math.log(dt_high) - math.log(dt_low)) + math.log(dt_low))
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
-        self.A_log = nn.Parameter(torch.empty(h).uniform_(*self.p.a_init_range).log())
+        self.A_log, self.dt_bias = decay_parameters(h, self.p.a_init_range, self.p.dt_init_range)
         self.D = nn.Parameter(torch.ones(h)) if self.p.d_skip else None
 
     def gates(self, x):
         """dt [batch, head, time, 1] and the log decay log a = -dt exp(A_log), same shape."""
-        dt = F.softplus(self.dt_proj(x) + self.dt_bias).transpose(1, 2)[..., None]
-        return {"dt": dt, "log_decay": -dt * self.A_log.exp()[:, None, None]}
+        dt, log_decay = dt_and_log_decay(self.dt_proj(x), self.A_log, self.dt_bias)
+        return {"dt": dt[..., None], "log_decay": log_decay[..., None]}
 
     def skip(self, v: torch.Tensor) -> torch.Tensor | float:
         """D_h v, for v [batch, head, (time,) d]; 0 without the skip."""
