@@ -20,10 +20,8 @@ import argparse
 import json
 import logging
 import os
-import secrets
 import threading
 import time
-import uuid
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -116,16 +114,16 @@ class Studio:
         return ex.model_sources(user_runs(self.folder(user)), self.defaults.paths())
 
 
-def _secret(runs_root: Path) -> str:
-    """The key that encrypts the user id in the browser's storage, kept across restarts."""
-    path = runs_root / ".browser-state-key"
-    try:
-        return path.read_text().strip()
-    except OSError:
-        runs_root.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_hex(16)
-        path.write_text(key)
-        return key
+# A random id per browser, kept in its local storage: a reload or a restart of the server keeps it.
+USER_ID_JS = """() => {
+    const key = "hybrid-attention-studio-user";
+    let id = window.localStorage.getItem(key);
+    if (!id || !/^[0-9a-f]{32}$/.test(id)) {
+        id = Array.from(crypto.getRandomValues(new Uint8Array(16)), b => b.toString(16).padStart(2, "0")).join("");
+        window.localStorage.setItem(key, id);
+    }
+    return id;
+}"""
 
 
 # ---- Compose -----------------------------------------------------------------------------------
@@ -664,7 +662,9 @@ def build_app(runs_dir: str | Path = "runs/app", defaults: DefaultModels | None 
     studio.defaults.start()  # trains any missing default model in the background (first start only)
     with gr.Blocks(title="Hybrid Attention Studio") as demo:
         gr.Markdown("# Hybrid Attention Studio")
-        user = gr.BrowserState("", storage_key="hybrid-attention-studio-user", secret=_secret(studio.runs_root))
+        # The browser's user id: made and kept in its local storage by USER_ID_JS before anything else
+        # runs on page load (a server-side default would race with the storage being read).
+        user = gr.Textbox("", visible=False, elem_id="user-id")
         with gr.Tabs() as tabs:
             with gr.Tab("Compose", id="compose"):
                 editor, fmt = _compose_tab()
@@ -684,13 +684,12 @@ def build_app(runs_dir: str | Path = "runs/app", defaults: DefaultModels | None 
         open_btn.click(open_in_explore, [user, runs], [tabs, model, compare], api_visibility="private")
 
         def on_load(user_id, request: gr.Request):
-            """A new browser gets an id of its own; the lists are filled for this user."""
-            if not user_id:
-                user_id = uuid.uuid4().hex
+            """Fill the model and run lists for this browser's user."""
             first, second = model_choices(user_id, request)
-            return user_id, first, second, refresh_runs(user_id, request)
+            return first, second, refresh_runs(user_id, request)
 
-        demo.load(on_load, [user], [user, model, compare, runs], api_visibility="private")
+        demo.load(None, None, user, js=USER_ID_JS).then(on_load, [user], [model, compare, runs],
+                                                          api_visibility="private")
         for fn, inputs, outputs in learn_views:
             demo.load(fn, inputs, outputs, api_visibility="private")
     demo.queue(default_concurrency_limit=4)
