@@ -378,22 +378,31 @@ def make_explore_handlers(studio: Studio):
         labels = list(studio.sources(user))
         return gr.Dropdown(choices=labels, value=labels[0] if labels else None), gr.Dropdown(choices=labels)
 
-    def _analyse(user, label, mode, text, new_tokens):
+    def _analyse(user, label, mode, text, new_tokens, progress=None):
         sources = studio.sources(user)
         if label not in sources:
             raise ex.ExploreError(f"{label!r} is not a model you can open here; pick one from the list")
         source = sources[label]
-        if source.kind == "default":
-            studio.defaults.wait(source.path.name)
+        if source.kind == "default":  # on a first start they are still being trained: say so while waiting
+            while True:
+                try:
+                    studio.defaults.wait(source.path.name, timeout=1.0)
+                    break
+                except TimeoutError:
+                    if progress is not None:
+                        progress(None, desc=f"first start: {studio.defaults.status}")
+                except RuntimeError as err:
+                    raise ex.ExploreError(f"{err}; pick another model (the server log has the details)") from None
         model, tokenizer = ex.load_source(source)
         seq = ex.make_sequence(model, tokenizer, source, text, mode, int(new_tokens))
         return model, ex.explore(model, seq)
 
-    def run_explore(user_id, label, mode, text, new_tokens, layer, compare_label, request: gr.Request):
+    def run_explore(user_id, label, mode, text, new_tokens, layer, compare_label, request: gr.Request,
+                    progress=gr.Progress()):
         user = studio.user(user_id, request)
         empty = (None,) * 5
         try:
-            model, exploration = _analyse(user, label, mode, text, new_tokens)
+            model, exploration = _analyse(user, label, mode, text, new_tokens, progress)
             top = len(model.blocks) - 1
             layer = _clamp(layer if layer is not None else exploration.rhythm.layers[0], top)
             v = ex.views(model, exploration, layer)
@@ -407,7 +416,7 @@ def make_explore_handlers(studio: Studio):
         if not compare_label:
             return (*main, "", None, None, "")
         try:
-            other, other_exploration = _analyse(user, compare_label, mode, text, new_tokens)
+            other, other_exploration = _analyse(user, compare_label, mode, text, new_tokens, progress)
             other_layer = _clamp(layer, len(other.blocks) - 1)
             w = ex.views(other, other_exploration, other_layer)
             other_status = f"### {compare_label}\n{ex.summary_line(other, other_exploration)}"

@@ -545,3 +545,26 @@ def test_python_app_py_serves_on_loopback_only():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_explore_waits_for_default_models_still_being_built_or_names_their_failure(tmp_path):
+    """A first start: the default models train in the background; Explore waits for them (progress in the
+    page) and then answers; a build that failed gives a visible error, and the app keeps serving."""
+    from gradio_client import Client
+
+    from studio.defaults import DefaultModels
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    for cache, expect in ((tmp_path / "cache", "tokens, response from token 0"),
+                          (blocker, "building the default models failed")):
+        demo = app.build_app(runs_dir=tmp_path / "runs", defaults=DefaultModels(cache_dir=cache, steps=3))
+        port = _free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+            out = client.predict("", "tiny-hybrid (default)", "text", "hello there", 64, 0, None, api_name="/explore")
+            assert expect in out[0], out[0]
+            assert client.predict(VALID, "JSON", api_name="/validate").startswith("Spec OK")
+        finally:
+            demo.close()
