@@ -283,8 +283,8 @@ def _progress_text(job: TrainingJob, notes: list[str]) -> str:
     else:
         body = (f"step {last['step']} of {job.steps}, loss {last['loss']:.4f}, accuracy {last['accuracy']:.3f}, "
                 f"{last['tokens_per_s']:,.0f} tokens/s")
-        if "eval_loss" in last or any("eval_loss" in r for r in job.records):
-            ev = next(r for r in reversed(job.records) if "eval_loss" in r)
+        ev = next((r for r in reversed(job.records) if "eval_loss" in r), None)
+        if ev is not None:
             body += f"; eval loss {ev['eval_loss']:.4f}, eval accuracy {ev.get('eval_accuracy', float('nan')):.3f}"
     if job.error:
         body += "\n\n" + _error("Training failed", job.error)

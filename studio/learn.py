@@ -436,13 +436,7 @@ def mixer_gallery(length: int = 12, seed: int = 0, d_model: int = 32, n_heads: i
         for name in REGISTRY:
             torch.manual_seed(seed)
             mixer = _build(name, shape, _mixer_params(name, GALLERY_PARAMS, params)).double().eval()
-            seen = []
-            mixer.hook_pattern.add_hook(lambda pattern, hook: seen.append(pattern))
-            try:
-                mixer(x)
-            finally:
-                mixer.hook_pattern.remove_hooks()
-            gallery[name] = seen[0][0, head].numpy()
+            gallery[name] = mixer.pattern_of(x)[0, head].numpy()
     return gallery
 
 

@@ -5,6 +5,8 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+import torch
+
 from studio.mixers import REGISTRY, MixerShape
 
 CASES = {
@@ -33,3 +35,12 @@ def make_mixer(case: str, d_model: int = 16, n_heads: int = 4, d_head: int = 4):
     name, params, shape_kw = CASES[case]
     shape = MixerShape(**{"d_model": d_model, "n_heads": n_heads, "n_kv_heads": n_heads, "d_head": d_head, **shape_kw})
     return REGISTRY[name](shape, **params)
+
+
+def run_steps(mixer, x, state=None):
+    """Feed x [batch, T, d_model] one token at a time through `mixer.step`: (outputs [batch, T, d_model], state)."""
+    outs = []
+    for t in range(x.shape[1]):
+        out, state = mixer.step(x[:, t], state)
+        outs.append(out)
+    return torch.stack(outs, dim=1), state

@@ -80,17 +80,6 @@ def _pair(name: str, params: dict, **shape):
     return dense, approx
 
 
-def _pattern_of(mixer, x):
-    seen = []
-    mixer.hook_pattern.add_hook(lambda t, hook: seen.append(t))
-    try:
-        with torch.no_grad():
-            mixer(x)
-    finally:
-        mixer.hook_pattern.remove_hooks()
-    return seen[0]
-
-
 def test_approximations_are_registered_as_a_family():
     assert {"deltallm", "hip"} <= set(approximation_names())
     for name in ("deltallm", "hip"):
@@ -109,12 +98,12 @@ def test_full_budget_equals_dense_softmax(name, params, shape):
     dense, approx = _pair(name, params, **shape)
     x = torch.randn(2, 130, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(approx(x), dense(x), **TOL)
-    torch.testing.assert_close(_pattern_of(approx, x), _pattern_of(dense, x), **TOL)
+    torch.testing.assert_close(approx.pattern_of(x), dense.pattern_of(x), **TOL)
 
 
 def _pattern_error(name, params, x):
     dense, approx = _pair(name, params)
-    return float((_pattern_of(approx, x) - _pattern_of(dense, x)).abs().sum(-1).mean())
+    return float((approx.pattern_of(x) - dense.pattern_of(x)).abs().sum(-1).mean())
 
 
 def test_hip_error_decreases_as_top_k_grows():
@@ -140,7 +129,7 @@ def test_deltallm_error_decreases_with_more_exact_keys_and_more_anchors():
 def test_rows_sum_to_one(name, params):
     """Softmax-like: every row of the effective pattern sums to 1 (test_mixers checks this only by name)."""
     _, approx = _pair(name, params)
-    pattern = _pattern_of(approx, torch.randn(2, 50, 16, dtype=torch.float64))
+    pattern = approx.pattern_of(torch.randn(2, 50, 16, dtype=torch.float64))
     torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern[..., 0]), **TOL)
 
 
@@ -149,7 +138,7 @@ def test_hip_first_blocks_are_exact():
     dense, approx = _pair("hip", {"top_k": 2, "block_size": 4})
     x = torch.randn(1, 60, 16, dtype=torch.float64)
     exact_rows = 4 * (2 + 2)  # the first 16 queries see at most 4 blocks
-    torch.testing.assert_close(_pattern_of(approx, x)[:, :, :exact_rows], _pattern_of(dense, x)[:, :, :exact_rows], **TOL)
+    torch.testing.assert_close(approx.pattern_of(x)[:, :, :exact_rows], dense.pattern_of(x)[:, :, :exact_rows], **TOL)
 
 
 def test_costs_follow_the_budget():

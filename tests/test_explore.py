@@ -75,10 +75,10 @@ def test_training_job_stops_when_asked_and_keeps_a_checkpoint(tmp_path):
 
 
 def test_training_job_reports_a_bad_task_instead_of_raising(tmp_path):
-    job = _train_failing = TrainingJob(TEXT_SPEC, "text", 3, tmp_path / "bad", {"corpus": "no-such-corpus"})
+    job = TrainingJob(TEXT_SPEC, "text", 3, tmp_path / "bad", {"corpus": "no-such-corpus"})
     job.start()
     job.wait(60)
-    assert _train_failing.status == "failed" and "no-such-corpus" in job.error
+    assert job.status == "failed" and "no-such-corpus" in job.error
 
 
 def test_explore_a_text_run_end_to_end(runs):
@@ -95,7 +95,8 @@ def test_explore_a_text_run_end_to_end(runs):
     assert "lightning" in views["heads"].layout.title.text
     assert len([t for t in views["heads"].data if t.type == "heatmap"]) == 2  # one per head
     assert 'class="tok' in views["text"] and "anchor" in views["text"]
-    assert "WAAD" in ex.summary_line(model, exploration) or "tokens" in ex.summary_line(model, exploration)
+    line = ex.summary_line(model, exploration)
+    assert line.startswith("51 tokens, response from token 0") and "materialised patterns" in line
     answer = ex.make_sequence(model, tokenizer, source, "To be or not", "answer", max_new_tokens=8)
     assert len(answer.ids) == len(tokenizer.encode("To be or not")) + 8 and answer.response_start == 12
 

@@ -4,7 +4,7 @@ the effective pattern (z = M @ v) are one function; outputs are causal; gradient
 import pytest
 import torch
 
-from mixer_cases import CASES, make_mixer
+from mixer_cases import CASES, make_mixer, run_steps
 
 LENGTHS = [1, 63, 130]
 SEEDS = [0, 1, 2]
@@ -18,14 +18,6 @@ def _mixer(case, seed):
     return mixer
 
 
-def _steps(mixer, x, state=None):
-    outs = []
-    for t in range(x.shape[1]):
-        out, state = mixer.step(x[:, t], state)
-        outs.append(out)
-    return torch.stack(outs, dim=1), state
-
-
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("length", LENGTHS)
 @pytest.mark.parametrize("seed", SEEDS)
@@ -33,7 +25,7 @@ def test_forward_step_and_pattern_agree(case, length, seed):
     mixer = _mixer(case, seed)
     x = torch.randn(2, length, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 100))
     parallel = mixer(x)
-    stepped, _ = _steps(mixer, x)
+    stepped, _ = run_steps(mixer, x)
     torch.testing.assert_close(stepped, parallel, rtol=1e-5, atol=1e-5)
 
     seen = {}
@@ -63,7 +55,7 @@ def test_prefill_state_continues_like_forward(case, seed):
     x = torch.randn(2, 41, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     full = mixer(x)
     prefix, state = mixer(x[:, :29], return_state=True)
-    rest, _ = _steps(mixer, x[:, 29:], state)
+    rest, _ = run_steps(mixer, x[:, 29:], state)
     torch.testing.assert_close(torch.cat([prefix, rest], dim=1), full, rtol=1e-5, atol=1e-5)
 
 

@@ -15,6 +15,7 @@ from kernels.reference.chunk_hybrids import (
     recurrent_gated_linear_attention,
     sliding_window_attention_with_sinks,
 )
+from mixer_cases import run_steps
 from studio import HybridLM, build_model
 from studio.mixers import REGISTRY, MixerShape
 
@@ -32,24 +33,6 @@ def _mixer(name, shape=SHAPE, seed=0, **params):
     for p in mixer.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return mixer
-
-
-def _steps(mixer, x, state=None):
-    outs = []
-    for t in range(x.shape[1]):
-        out, state = mixer.step(x[:, t], state)
-        outs.append(out)
-    return torch.stack(outs, dim=1), state
-
-
-def _pattern(mixer, x):
-    seen = []
-    mixer.hook_pattern.add_hook(lambda pattern, hook: seen.append(pattern))
-    try:
-        mixer(x)
-    finally:
-        mixer.hook_pattern.remove_hooks()
-    return seen[0]
 
 
 def _heads(x, heads):  # [B, T, heads * d] -> [B, heads, T, d]
@@ -129,8 +112,8 @@ def test_liger_with_w_1_is_sliding_window_attention(shape):
     window.load_state_dict(liger.state_dict())
     x = _randn(2, 40, 16, seed=3)
     torch.testing.assert_close(liger(x), window(x), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(_steps(liger, x)[0], window(x), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(_pattern(liger, x), _pattern(window, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(run_steps(liger, x)[0], window(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(liger.pattern_of(x), window.pattern_of(x), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [SHAPE, GQA], ids=["mha", "gqa"])
@@ -145,7 +128,7 @@ def test_liger_with_w_0_is_its_gla_part(shape):
     z, _ = recurrent_gated_linear_attention(q, k, v, log_gate)
     expected = liger.o_proj(z.transpose(1, 2).flatten(2))
     torch.testing.assert_close(liger(x), expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(_steps(liger, x)[0], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(run_steps(liger, x)[0], expected, rtol=1e-12, atol=1e-12)
 
 
 def test_liger_pattern_is_the_weighted_sum_of_its_parts():
@@ -153,7 +136,7 @@ def test_liger_pattern_is_the_weighted_sum_of_its_parts():
     parts = {}
     for w in (0.0, 1.0, 0.3):
         liger = _mixer("liger", window=6, mix=w)
-        parts[w] = _pattern(liger, x)
+        parts[w] = liger.pattern_of(x)
     torch.testing.assert_close(parts[0.3], 0.3 * parts[1.0] + 0.7 * parts[0.0], rtol=1e-12, atol=1e-12)
 
 
@@ -171,13 +154,13 @@ def test_lizard_without_meta_memory_and_w_1_is_sliding_window_attention():
     window.load_state_dict({k: v for k, v in lizard.state_dict().items() if not k.startswith("gate_")})
     x = _randn(2, 30, 16, seed=7)
     torch.testing.assert_close(lizard(x), window(x), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(_pattern(lizard, x), _pattern(window, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lizard.pattern_of(x), window.pattern_of(x), rtol=1e-12, atol=1e-12)
 
 
 def test_lizard_meta_memory_takes_mass_from_the_window_only():
     lizard = _mixer("lizard", window=6, mix=1.0, meta_tokens=3)
     x = _randn(1, 20, 16, seed=8)
-    pattern = _pattern(lizard, x)
+    pattern = lizard.pattern_of(x)
     assert torch.all(pattern.tril(-6) == 0), "no weight outside the window"
     q = _heads(lizard.q_proj(x), 4)
     q = lizard.inner_rotary(q.transpose(1, 2), torch.arange(20)).transpose(1, 2)
@@ -216,15 +199,15 @@ def test_rat_with_chunk_1_and_closed_forget_gates_is_softmax_attention(shape):
     softmax.load_state_dict({k: v for k, v in rat.state_dict().items() if "forget" not in k})
     x = _randn(2, 33, 16, seed=10)
     torch.testing.assert_close(rat(x), softmax(x), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(_steps(rat, x)[0], softmax(x), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(_pattern(rat, x), _pattern(softmax, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(run_steps(rat, x)[0], softmax(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rat.pattern_of(x), softmax.pattern_of(x), rtol=1e-12, atol=1e-12)
 
 
 def test_rat_with_one_chunk_is_its_value_recurrence():
     rat = _mixer("rat", chunk_size=64)
     x = _randn(2, 40, 16, seed=11)
     value_forget = rat.gates(x)["value_forget"][..., 0]
-    torch.testing.assert_close(_pattern(rat, x), chunk_ema_matrix(value_forget, 64), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rat.pattern_of(x), chunk_ema_matrix(value_forget, 64), rtol=1e-12, atol=1e-12)
 
 
 def test_rat_keeps_one_summary_per_finished_chunk():
@@ -232,7 +215,7 @@ def test_rat_keeps_one_summary_per_finished_chunk():
     x = _randn(1, 23, 16, seed=12)
     _, state = rat(x, return_state=True)
     assert state["mix"]["keys"].shape[2] == 23 // 5
-    _, state = _steps(rat, x[:, :2], state)  # 25 tokens: a fifth chunk finished
+    _, state = run_steps(rat, x[:, :2], state)  # 25 tokens: a fifth chunk finished
     assert state["mix"]["keys"].shape[2] == 5 and state["mix"]["values"].shape[2] == 5
     assert rat.state_elements(25) == 2 * 4 * 4 * (25 // 5 + 1)
 
@@ -241,7 +224,7 @@ def test_rat_pattern_rows_are_convex_combinations_of_chunk_ema_rows():
     """Each summary value is an EMA (weights sum to 1 when the first gate of its chunk is closed)."""
     rat = _mixer("rat", chunk_size=4)
     x = _randn(1, 17, 16, seed=13)
-    pattern = _pattern(rat, x)
+    pattern = rat.pattern_of(x)
     assert torch.all(pattern >= 0) and torch.all(pattern.sum(-1) <= 1 + 1e-12)
 
 

@@ -40,16 +40,6 @@ def _mixer(name, d_model=16, n_heads=4, n_kv_heads=4, d_head=4, positional="rope
     return mixer
 
 
-def _pattern_and_out(mixer, x):
-    seen = []
-    mixer.hook_pattern.add_hook(lambda pattern, hook: seen.append(pattern))
-    try:
-        out = mixer(x)
-    finally:
-        mixer.hook_pattern.remove_hooks()
-    return seen[0], out
-
-
 def _same_projections(target, source):
     """Copy the weights source shares with target (q, k, v, o projections, ...); return target's others."""
     shared = {name: w for name, w in source.state_dict().items() if name in target.state_dict()}
@@ -106,7 +96,7 @@ def test_dma_untrained_is_a_sliding_window_and_keeps_top_k_keys():
 def test_dma_with_every_key_selected_is_softmax_plus_bias():
     dma = _mixer("dma", top_k=100, positional="nope")
     x = _randn(1, 12, 16, seed=4)
-    pattern, _ = _pattern_and_out(dma, x)
+    pattern = dma.pattern_of(x)
     q = dma.q_proj(x).view(1, 12, 4, 4).transpose(1, 2)
     k = dma.k_proj(x).view(1, 12, 4, 4).transpose(1, 2)
     bias = dma.A[:, None] * torch.nn.functional.softplus(dma.dt_proj(dma.v_proj(x))).transpose(1, 2)
@@ -171,7 +161,7 @@ def test_landmark_special_cases():
     torch.testing.assert_close(many(x), every(x), rtol=1e-12, atol=1e-12)
     # top-1 retrieval: each query's weight outside its block lies in exactly one earlier block
     one = _mixer("landmark", block_size=8, top_k=1)
-    pattern, _ = _pattern_and_out(one, x)
+    pattern = one.pattern_of(x)
     t = torch.arange(40)
     for query in (17, 30, 39):
         far = pattern[:, :, query, : query // 8 * 8].unflatten(-1, (-1, 8))
@@ -223,7 +213,7 @@ def test_agent_special_cases():
     torch.testing.assert_close(agent(x), softmax(x), rtol=1e-12, atol=1e-12)
     # after the first chunk, every query also reads earlier tokens, through the agents only
     agent = _mixer("agent", chunk_size=8, n_agents=2)
-    pattern, _ = _pattern_and_out(agent, x)
+    pattern = agent.pattern_of(x)
     assert torch.all(pattern[:, :, 8:, :8].abs().sum(-1) > 0)
     torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern[..., 0]))
     with pytest.raises(ValueError, match="must divide chunk_size"):
@@ -236,8 +226,8 @@ def test_moh_with_every_head_selected_is_softmax_attention_scaled_by_the_router(
     softmax = _mixer("softmax", n_kv_heads=2, seed=1)
     _same_projections(softmax, moh)
     x = _randn(2, 17, 16, seed=10)
-    pattern, _ = _pattern_and_out(moh, x)
-    reference, _ = _pattern_and_out(softmax, x)
+    pattern = moh.pattern_of(x)
+    reference = softmax.pattern_of(x)
     weights = torch.softmax(moh.routed_router(x), -1).transpose(1, 2)  # [B, H, T]
     torch.testing.assert_close(pattern, reference * weights[..., None], rtol=1e-12, atol=1e-12)
 
@@ -259,7 +249,7 @@ def test_moh_uniform_router_with_all_heads_active_is_multi_head_attention():
 def test_moh_routes_each_token_to_its_top_k_heads():
     moh = _mixer("moh", shared_heads=1, top_k=1, d_model=24, n_heads=6, n_kv_heads=6)
     x = _randn(2, 21, 24, seed=12)
-    pattern, out = _pattern_and_out(moh, x)
+    pattern = moh.pattern_of(x)
     active = pattern.abs().sum(-1) > 0  # [B, H, T]
     assert torch.all(active[:, 0]), "the shared head is always on"
     assert torch.all(active[:, 1:].sum(1) == 1), "exactly top_k = 1 routed head per token"
@@ -311,7 +301,7 @@ def test_spec_refuses_a_moh_layer_without_routed_heads():
 def test_defaults_build_at_gallery_and_cost_shapes(name):
     small = MixerShape(d_model=32, n_heads=2, n_kv_heads=2, d_head=16)
     mixer = REGISTRY[name](small).double().eval()
-    pattern, _ = _pattern_and_out(mixer, _randn(1, 12, 32, seed=13))
+    pattern = mixer.pattern_of(_randn(1, 12, 32, seed=13))
     assert pattern.shape == (1, 2, 12, 12) and torch.all(pattern.triu(1) == 0) and pattern[0, 0].abs().sum() > 0
     assert REGISTRY[name].family == "sparse"
     big_shape = MixerShape(d_model=1024, n_heads=8, n_kv_heads=8, d_head=128)

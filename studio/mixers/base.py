@@ -193,6 +193,17 @@ class Mixer(nn.Module):
             return out, {"pos": x.shape[1], "conv": conv_history, "mix": state}
         return out
 
+    def pattern_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The effective pattern [batch, head, T, T] of one forward over x [batch, T, d_model], read
+        through `hook_pattern` as any analysis sees it (autograd state is left to the caller)."""
+        seen = []
+        self.hook_pattern.add_hook(lambda pattern, hook: seen.append(pattern))
+        try:
+            self(x)
+        finally:
+            self.hook_pattern.remove_hooks()
+        return seen[0]
+
     def step(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
         """One token x [batch, d_model] with the state from `forward(..., return_state=True)` or a
         previous step (None: start of sequence) -> (out [batch, d_model], new state)."""
