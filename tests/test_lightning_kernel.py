@@ -42,15 +42,27 @@ def make_inputs(seed, b, t, h, dk, dv, decay, has_h0, dtype=torch.float32):
 
 
 def reference(q, k, v, log_decay, h0):
-    """float64 reference in [B, T, H, D] layout, differentiable in q, k, v, h0."""
+    """float64 chunked reference in [B, T, H, D] layout, differentiable in q, k, v, h0."""
     o, state = chunked_decay_linear_attention(*(x.transpose(1, 2) for x in (q, k, v)), log_decay.to(F64), 16, h0)
     return o.transpose(1, 2), state
 
 
-def check_against_reference(q, k, v, log_decay, h0, chunk_size, tol=TOL, backward=True):
+def oracle(q, k, v, g, scale=1.0, h0=None):
+    """Token by token in float64: S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t; g [B, T, H]."""
+    b, t, h, dk = q.shape
+    state = q.new_zeros(b, h, dk, v.shape[-1]) if h0 is None else h0
+    outs = []
+    for i in range(t):
+        state = g[:, i, :, None, None].exp() * state + k[:, i, :, :, None] * v[:, i, :, None, :]
+        outs.append(scale * (q[:, i, :, None, :] @ state)[..., 0, :])
+    return torch.stack(outs, 1) if outs else v.new_zeros(b, 0, h, v.shape[-1]), state
+
+
+def check_against_reference(q, k, v, log_decay, h0, chunk_size, tol=TOL, backward=True, **options):
     leaves = [x.detach().clone().requires_grad_(backward) for x in (q, k, v)]
     h0_leaf = h0.detach().clone().requires_grad_(backward) if h0 is not None else None
-    o, state = lightning_attention(*leaves, log_decay, h0_leaf, output_final_state=True, chunk_size=chunk_size)
+    o, state = lightning_attention(*leaves, log_decay, h0_leaf, output_final_state=True, chunk_size=chunk_size,
+                                   **options)
     assert o.dtype == q.dtype and o.shape == v.shape and state.dtype == torch.float32
     ref_leaves = [x.detach().to(F64).requires_grad_(backward) for x in (q, k, v)]
     ref_h0 = h0.detach().to(F64).requires_grad_(backward) if h0 is not None else None
@@ -90,8 +102,9 @@ CASES = [
 @needs_kernel
 @pytest.mark.parametrize("seed,b,t,h,dk,dv,chunk,has_h0,decay", CASES)
 def test_matches_reference_fp32(seed, b, t, h, dk, dv, chunk, has_h0, decay):
+    """Even seeds: one segment per sequence; odd seeds: segments of two chunks (the two-level scan)."""
     q, k, v, log_decay, h0 = make_inputs(seed, b, t, h, dk, dv, decay, has_h0)
-    check_against_reference(q, k, v, log_decay, h0, chunk)
+    check_against_reference(q, k, v, log_decay, h0, chunk, segment_len=(2 * chunk if seed % 2 else 10**6))
 
 
 @needs_kernel
@@ -153,8 +166,13 @@ def test_empty_sequence_and_errors():
         lightning_attention(q, k, v, log_decay, chunk_size=0)
     with pytest.raises(ValueError, match="initial_state"):
         lightning_attention(q, k, v, log_decay, torch.zeros(1, 2, 8, 7, device=DEVICE))
-    with pytest.raises(ValueError, match="no gradient for log_decay"):
-        lightning_attention(q, k, v, log_decay.clone().requires_grad_())
+    with pytest.raises(ValueError, match="gate must be"):
+        lightning_attention(q, k, v, log_decay, gate=torch.zeros(1, 5, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="B = 1"):
+        lightning_attention(q.expand(2, -1, -1, -1), k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1),
+                            cu_seqlens=torch.tensor([0, 5], device=DEVICE))
+    with pytest.raises(ValueError, match="rise from 0"):
+        lightning_attention(q, k, v, cu_seqlens=torch.tensor([0, 3, 2, 5], device=DEVICE))
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         lightning_attention(q.double(), k.double(), v.double(), log_decay)
 
@@ -167,3 +185,78 @@ def test_bf16_cuda(has_h0):
     log_decay = torch.tensor([0.0, -0.05, -0.5, -4.0], device=DEVICE)
     q, k = q * 0.25, k * 0.25  # keep lambda = 1 sums moderate
     check_against_reference(q, k, v, log_decay, h0, 64, tol=1e-2)
+
+
+def gated_inputs(seed, b, t, h, d, strength):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, t, h, d, generator=gen) for _ in range(3))
+    gate = torch.nn.functional.logsigmoid(torch.randn(b, t, h, generator=gen) + 2.0) * strength
+    log_decay = -torch.rand(h, generator=gen)
+    h0 = torch.randn(b, h, d, d, generator=gen)
+    return [x.to(DEVICE) for x in (q, k, v, gate, log_decay, h0)]
+
+
+def check_all_gradients(q, k, v, gate, log_decay, h0, scale, tol=TOL, cu_seqlens=None, **options):
+    """Outputs, final state and the gradients of q, k, v, gate, log_decay and h0 against the float64 oracle
+    (per sequence when packed)."""
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, gate, log_decay, h0)]
+    o, state = lightning_attention(leaves[0], leaves[1], leaves[2], leaves[4], leaves[5], output_final_state=True,
+                                   gate=leaves[3], scale=scale, cu_seqlens=cu_seqlens, **options)
+    ref = [x.detach().to(F64).requires_grad_() for x in (q, k, v, gate, log_decay, h0)]
+    g = ref[3] + ref[4]
+    if cu_seqlens is None:
+        ref_o, ref_state = oracle(ref[0], ref[1], ref[2], g, scale, ref[5])
+    else:
+        bounds = cu_seqlens.tolist()
+        pieces = [oracle(ref[0][:, a:e], ref[1][:, a:e], ref[2][:, a:e], g[:, a:e], scale, ref[5][n:n + 1])
+                  for n, (a, e) in enumerate(zip(bounds, bounds[1:]))]
+        ref_o = torch.cat([p[0] for p in pieces], 1)
+        ref_state = torch.cat([p[1] for p in pieces], 0)
+    assert rel_rms(o, ref_o) <= tol and rel_rms(state, ref_state) <= tol, (rel_rms(o, ref_o), rel_rms(state, ref_state))
+    gen = torch.Generator().manual_seed(99)
+    d_o, d_state = torch.randn(o.shape, generator=gen).to(DEVICE), torch.randn(state.shape, generator=gen).to(DEVICE)
+    torch.autograd.backward((o, state), (d_o, d_state))
+    torch.autograd.backward((ref_o, ref_state), (d_o.to(F64), d_state.to(F64)))
+    errors = {name: rel_rms(leaf.grad, ref_leaf.grad)
+              for name, leaf, ref_leaf in zip(["q", "k", "v", "gate", "log_decay", "h0"], leaves, ref)}
+    assert max(errors.values()) <= tol, f"relative RMS errors of the gradients: {errors}"
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed,b,t,chunk,segment_len,strength", [
+    (20, 2, 37, 16, None, 1.0), (21, 1, 70, 16, 32, 1.0), (22, 2, 19, 8, 8, 5.0), (23, 1, 1, 16, None, 0.1)])
+def test_per_token_gate_and_decay_gradients(seed, b, t, chunk, segment_len, strength):
+    """The simple-GLA gate (plus the per-head decay) and a scale: every gradient, with and without segments."""
+    check_all_gradients(*gated_inputs(seed, b, t, 3, 16, strength), scale=0.37, chunk_size=chunk,
+                        segment_len=segment_len)
+
+
+@needs_kernel
+@pytest.mark.parametrize("lengths,segment_len", [([5, 17, 1, 30], None), ([33, 0, 8, 20], 16), ([64], 16)])
+def test_variable_lengths_match_separate_sequences(lengths, segment_len):
+    """Packed sequences (cu_seqlens) each with its own initial and final state, equal to running each alone."""
+    n, total = len(lengths), sum(lengths)
+    q, k, v, gate, log_decay, _ = gated_inputs(30 + n, 1, total, 2, 16, 1.0)
+    h0 = torch.randn(n, 2, 16, 16, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), device=DEVICE)
+    check_all_gradients(q, k, v, gate, log_decay, h0, 1.0, cu_seqlens=cu, chunk_size=16, segment_len=segment_len)
+
+
+@needs_kernel
+def test_segment_length_does_not_change_the_result():
+    q, k, v, gate, log_decay, h0 = gated_inputs(40, 1, 90, 2, 16, 1.0)
+    runs = [lightning_attention(q, k, v, log_decay, h0, True, 16, gate=gate, segment_len=s) for s in (16, 48, 1000)]
+    for o, state in runs[1:]:
+        assert rel_rms(o, runs[0][0]) <= 1e-5 and rel_rms(state, runs[0][1]) <= 1e-5
+
+
+@needs_cuda
+def test_bf16_cuda_gate_varlen_segments():
+    """bf16 on the GPU: gate, packed sequences and the two-level scan at D = 128 against the float64 oracle."""
+    lengths = [700, 64, 1500, 1]
+    q, k, v, gate, log_decay, _ = gated_inputs(50, 1, sum(lengths), 2, 128, 1.0)
+    q, k = q * 0.1, k * 0.1
+    h0 = torch.randn(len(lengths), 2, 128, 128, device=DEVICE) * 0.1
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), device=DEVICE)
+    check_all_gradients(q.bfloat16(), k.bfloat16(), v.bfloat16(), gate, log_decay, h0, 1.0, tol=2e-2,
+                        cu_seqlens=cu, chunk_size=64, segment_len=256)

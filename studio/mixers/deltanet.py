@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from kernels.dispatch import use_triton
 from kernels.reference.delta_rule import chunked_delta_rule, delta_rule_pattern, delta_rule_step
 from studio.mixers.base import Mixer, MixerParams
 from studio.mixers.registry import register
@@ -53,9 +54,19 @@ class DeltaNet(Mixer):
         return {"beta": torch.sigmoid(self.beta_proj(x)).transpose(1, 2)}
 
     def parallel(self, q, k, v, beta, log_alpha=None):
+        if use_triton(q):
+            from kernels.gated_delta_rule import gated_delta_rule
+            o, state = gated_delta_rule(*(x.transpose(1, 2) for x in (q, k, v, beta)),
+                                        None if log_alpha is None else log_alpha.transpose(1, 2),
+                                        output_final_state=True, chunk_size=self.p.chunk_size)
+            return o.transpose(1, 2), state.to(q.dtype)
         return chunked_delta_rule(q, k, v, beta, log_alpha, self.p.chunk_size)
 
     def recurrent_step(self, q, k, v, state, beta, log_alpha=None):
+        if use_triton(q) and not torch.is_grad_enabled():
+            from kernels.decode_step import gated_delta_step
+            o, state = gated_delta_step(q, k, v, beta, log_alpha, state)
+            return o, state.to(q.dtype)
         return delta_rule_step(q, k, v, beta, log_alpha, state)
 
     def effective_pattern(self, q, k, beta, log_alpha=None):

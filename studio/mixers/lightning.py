@@ -13,6 +13,7 @@ import math
 import torch
 from pydantic import Field, field_validator
 
+from kernels.dispatch import use_triton
 from kernels.reference import chunked_decay_linear_attention
 from studio.mixers.base import Mixer, MixerParams
 from studio.mixers.feature_maps import FEATURE_MAPS, FeatureMapName
@@ -68,9 +69,18 @@ class Lightning(Mixer):
         return phi(q), phi(k)
 
     def parallel(self, q, k, v):
+        if use_triton(q):
+            from kernels.lightning_attention import lightning_attention
+            o, state = lightning_attention(*(x.transpose(1, 2) for x in (q, k, v)), self.log_decay.float(),
+                                           output_final_state=True, chunk_size=self.p.block_size)
+            return o.transpose(1, 2), state.to(q.dtype)
         return chunked_decay_linear_attention(q, k, v, self.log_decay, self.p.block_size)
 
     def recurrent_step(self, q, k, v, state):
+        if use_triton(q) and not torch.is_grad_enabled():
+            from kernels.decode_step import decay_linear_step
+            o, state = decay_linear_step(q, k, v, state, self.log_decay)
+            return o, state.to(q.dtype)
         update = k[..., :, None] * v[..., None, :]
         if state is not None:
             update = update + self.log_decay.to(q.dtype).exp()[:, None, None] * state

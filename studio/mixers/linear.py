@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from kernels.dispatch import use_triton
 from kernels.reference import chunked_decay_linear_attention
 from studio.mixers.base import Mixer, MixerParams
 from studio.mixers.feature_maps import FEATURE_MAPS, FeatureMapName
@@ -46,7 +47,13 @@ class Linear(Mixer):
         return out[..., :-1] / (out[..., -1:] + self.p.eps) if self.p.normalize else out
 
     def parallel(self, q, k, v):
-        out, state = chunked_decay_linear_attention(q, k, self._with_ones(v), None, self.p.block_size)
+        if use_triton(q):
+            from kernels.lightning_attention import lightning_attention
+            out, state = lightning_attention(*(x.transpose(1, 2) for x in (q, k, self._with_ones(v))),
+                                             output_final_state=True, chunk_size=self.p.block_size)
+            out, state = out.transpose(1, 2), state.to(q.dtype)
+        else:
+            out, state = chunked_decay_linear_attention(q, k, self._with_ones(v), None, self.p.block_size)
         return self._read(out), state
 
     def recurrent_step(self, q, k, v, state):

@@ -23,6 +23,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from kernels.dispatch import use_triton
 from kernels.reference.gated_linear_attention import (
     chunked_gated_linear_attention,
     gated_linear_attention_pattern,
@@ -75,6 +76,11 @@ class Mamba2(Mixer):
         return 0.0 if self.D is None else self.D.reshape(-1, *(1,) * (v.ndim - 2)) * v
 
     def parallel(self, q, k, v, dt, log_decay):
+        if use_triton(q):  # a scalar decay per head and token: the lightning kernel's simple-GLA gate
+            from kernels.lightning_attention import lightning_attention
+            z, state = lightning_attention(*(x.transpose(1, 2) for x in (q, k * dt, v)), output_final_state=True,
+                                           chunk_size=self.p.chunk_size, gate=log_decay[..., 0].transpose(1, 2))
+            return z.transpose(1, 2) + self.skip(v), state.to(q.dtype)
         z, state = chunked_gated_linear_attention(q, k * dt, v, log_decay, self.p.chunk_size)
         return z + self.skip(v), state
 

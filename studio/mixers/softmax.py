@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kernels.dispatch import use_triton
 from studio.mixers.base import Mixer
 from studio.mixers.registry import register
 
@@ -55,6 +56,13 @@ class Softmax(Mixer):
         return z, self._keep(k, v)
 
     def _banded(self, q, k, v):
+        if use_triton(q):
+            from kernels.sliding_window_attention import sliding_window_attention
+            z = sliding_window_attention(*(x.transpose(1, 2) for x in (q, k, v)), self.window, scale=self.scale)
+            return z.transpose(1, 2)
+        return self._banded_reference(q, k, v)
+
+    def _banded_reference(self, q, k, v):
         """Window attention block by block: each block of queries sees only its band of keys, so the
         cost is O(T (block + w)) rather than a T x T mask."""
         t, w = q.shape[2], self.window
