@@ -18,12 +18,15 @@ Prints a table; writes benchmarks/results/decode-step-<device name>.json.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 # Run as a script, this file's folder comes first on sys.path and its files would shadow packages
 # (benchmarks/analyses.py vs analyses/): put the repository root first.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The torch side is the mixers' own step: keep them off the kernels they would dispatch to on CUDA.
+os.environ["STUDIO_KERNELS"] = "reference"
 
 import argparse  # noqa: E402
 import json  # noqa: E402

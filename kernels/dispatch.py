@@ -40,3 +40,18 @@ def use_triton(x: torch.Tensor) -> bool:
                          "run on a CUDA device, set TRITON_INTERPRET=1 before starting (slow: for tests), or "
                          "unset STUDIO_KERNELS")
     return True
+
+
+# Decoding steps: one token per sequence is a few microseconds of work, so below this many (batch x head)
+# state tiles the fused kernel's launch and checks cost more than torch's few small ops (measured on the H200,
+# benchmarks/results/decode-step-h200.json: 0.6-0.7x at batch 1-8, 1.1-2.2x at batch 64, 16 heads).
+STEP_KERNEL_MIN_ROWS = 512
+
+
+def use_triton_step(q: torch.Tensor) -> bool:
+    """Whether one decoding step on q [batch, head, d] should run the fused step kernel."""
+    if torch.is_grad_enabled() and q.requires_grad:
+        return False
+    if kernel_choice() == "triton":
+        return use_triton(q)
+    return use_triton(q) and q.shape[0] * q.shape[1] >= STEP_KERNEL_MIN_ROWS

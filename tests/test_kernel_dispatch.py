@@ -15,7 +15,8 @@ needs_kernel = pytest.mark.skipif(not torch.cuda.is_available() and not interpre
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # One case per mixer whose parallel form (and decoding step) has a kernel.
 CASES = ["lightning-default", "lightning-list-decay", "linear-elu-norm", "linear-conv-gqa", "mamba2-default",
-         "mamba2-gqa-noconv-noskip", "retnet-default"]
+         "mamba2-gqa-noconv-noskip", "retnet-default", "sliding_window-5", "sliding_window-1", "deltanet-default",
+         "gated_delta-gqa-halfrope"]
 
 
 def rel_rms(x, ref):
@@ -49,8 +50,12 @@ def test_triton_matches_reference_through_the_mixer(case, monkeypatch):
     for a, b in zip(states, ref_states):
         assert a.dtype == b.dtype and rel_rms(a, b) <= 5e-3
     assert grads.keys() == ref_grads.keys()
+    # relative to the largest gradient: a window of 1 gives q and k exactly zero gradients (rounding noise)
+    largest = max(g.double().pow(2).mean().sqrt().item() for g in ref_grads.values())
     for name in grads:
-        assert rel_rms(grads[name], ref_grads[name]) <= 5e-3, name
+        diff = (grads[name].double() - ref_grads[name].double()).pow(2).mean().sqrt().item()
+        norm = max(ref_grads[name].double().pow(2).mean().sqrt().item(), 1e-3 * largest)
+        assert diff <= 5e-3 * norm, (name, diff, norm)
 
 
 def test_choice_and_errors(monkeypatch):

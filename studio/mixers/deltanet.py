@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from kernels.dispatch import use_triton
+from kernels.dispatch import use_triton, use_triton_step
 from kernels.reference.delta_rule import chunked_delta_rule, delta_rule_pattern, delta_rule_step
 from studio.mixers.base import Mixer, MixerParams
 from studio.mixers.registry import register
@@ -63,7 +63,7 @@ class DeltaNet(Mixer):
         return chunked_delta_rule(q, k, v, beta, log_alpha, self.p.chunk_size)
 
     def recurrent_step(self, q, k, v, state, beta, log_alpha=None):
-        if use_triton(q) and not torch.is_grad_enabled():
+        if use_triton_step(q):
             from kernels.decode_step import gated_delta_step
             o, state = gated_delta_step(q, k, v, beta, log_alpha, state)
             return o, state.to(q.dtype)

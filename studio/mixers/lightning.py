@@ -13,7 +13,7 @@ import math
 import torch
 from pydantic import Field, field_validator
 
-from kernels.dispatch import use_triton
+from kernels.dispatch import use_triton, use_triton_step
 from kernels.reference import chunked_decay_linear_attention
 from studio.mixers.base import Mixer, MixerParams
 from studio.mixers.feature_maps import FEATURE_MAPS, FeatureMapName
@@ -77,7 +77,7 @@ class Lightning(Mixer):
         return chunked_decay_linear_attention(q, k, v, self.log_decay, self.p.block_size)
 
     def recurrent_step(self, q, k, v, state):
-        if use_triton(q) and not torch.is_grad_enabled():
+        if use_triton_step(q):
             from kernels.decode_step import decay_linear_step
             o, state = decay_linear_step(q, k, v, state, self.log_decay)
             return o, state.to(q.dtype)
