@@ -35,7 +35,15 @@ def approximation_names() -> list[str]:
 
 
 def _is_swappable(mixer) -> bool:
-    return isinstance(mixer, Softmax) and (type(mixer).name == "softmax" or type(mixer).family == APPROXIMATION_FAMILY)
+    """Softmax weights in the standard form (separate W_Q, W_K, W_V, W_O: not the minimal-transformer ones)."""
+    standard = all(getattr(mixer.p, form, "separate") == "separate" for form in ("qk", "vo"))
+    return isinstance(mixer, Softmax) and standard and (
+        type(mixer).name == "softmax" or type(mixer).family == APPROXIMATION_FAMILY)
+
+
+def _form_note(mixer) -> str:
+    forms = {f: getattr(mixer.p, f) for f in ("qk", "vo") if getattr(mixer.p, f, "separate") != "separate"}
+    return f" ({', '.join(f'{k}: {v}' for k, v in forms.items())})" if forms else ""
 
 
 def approximable_layers(model: HybridLM) -> list[int]:
@@ -54,8 +62,9 @@ def _layer_indices(model: HybridLM, layers: Iterable[int] | None) -> list[int]:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(model.blocks):
             raise ValueError(f"layer {i!r} is not a layer index of this {len(model.blocks)}-layer model")
         if i not in swappable:
-            raise ValueError(f"layer {i} is a {type(model.blocks[i].attn).name!r} layer; only softmax layers "
-                             f"can be approximated (softmax layers: {swappable})")
+            mixer = model.blocks[i].attn
+            raise ValueError(f"layer {i} is a {type(mixer).name!r} layer{_form_note(mixer)}; only softmax layers "
+                             f"with separate W_Q, W_K, W_V, W_O can be approximated (those: {swappable})")
         chosen.append(i)
     return sorted(set(chosen))
 

@@ -1,4 +1,4 @@
-"""The `studio` command: mixers, summary, train, eval, runs, analyze.
+"""The `studio` command: mixers, summary, train, eval, runs, analyze, ablate.
 
 Bad input ends with a one-paragraph message on stderr and exit status 2, never a traceback.
 """
@@ -199,6 +199,46 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _mean_std(row: dict, metric: str) -> str:
+    mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+    if mean is None:
+        return ""
+    digits = 2 if metric == "perplexity" else 4
+    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def cmd_ablate(args) -> int:
+    from studio.ablate import load_grid, run_grid
+
+    grid = load_grid(args.grid)
+    cells = grid.cells()
+    if args.dry_run:
+        print(json.dumps({"grid": grid.name, "variants": list(grid.variants), "tasks": [t.label for t in grid.tasks],
+                          "seeds": grid.seeds, "cells": [c.name for c in cells]}, indent=2))
+        return 0
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    table = run_grid(grid, args.out, progress=not args.no_progress, max_cells=args.max_cells, device=args.device)
+    summary = table.summary()
+    metrics = [m for m in grid.metrics if any(r.get(f"{m}_mean") is not None for r in summary)]
+    header = ["variant", "task", "n", *(f"{m} (mean ± std)" for m in metrics), "params", "s / cell"]
+    rows = [[r["variant"], r["task"], str(r["n"]) + (f" ({r['failed']} diverged)" if r["failed"] else ""),
+             *(_mean_std(r, m) for m in metrics), "" if r.get("params") is None else f"{r['params']:,}",
+             "" if r.get("seconds_mean") is None else f"{r['seconds_mean']:.1f}"] for r in summary]
+    title = f"{grid.name}: {len(table)} of {len(cells)} cells done ({len(grid.seeds)} seed(s) each)"
+    Console(width=max(140, Console().width)).print(_table(title, header, rows, right_from=2))
+    print(f"results: {args.out}/results.csv, {args.out}/summary.csv, {args.out}/results.json")
+    if table.figures:
+        print(f"figures: {args.out}/figures/ ({', '.join(sorted(table.figures))})")
+    if not table.complete:
+        print(f"{len(cells) - len(table)} cell(s) left: run the same command again to continue")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="studio", description="Hybrid Attention Studio")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", help="report.html path")
     p.set_defaults(func=cmd_analyze)
 
+    p = sub.add_parser("ablate", help="train a grid of variants x tasks x seeds (resumable) into tidy results + figures")
+    p.add_argument("grid", help="a grid file (.yaml or .json; see docs/ablations.md)")
+    p.add_argument("--out", required=True, help="results folder (e.g. results/NAME); rerun to resume")
+    p.add_argument("--max-cells", type=int, help="train at most N cells in this call (finished cells do not count)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is fastest for "
+                   "small models on a shared CPU, see docs/ablations.md)")
+    p.add_argument("--dry-run", action="store_true", help="check the grid and list its cells; train nothing")
+    p.set_defaults(func=cmd_ablate)
+
     p = sub.add_parser("runs", help="list runs with their final metrics")
     p.add_argument("--dir", default="runs", help="directory holding run directories (default: runs)")
     p.add_argument("--json", action="store_true")
@@ -260,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:  # SpecError is a ValueError
         print(f"studio {args.command}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.command != "ablate":
+            raise
+        print("studio ablate: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

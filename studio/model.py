@@ -14,11 +14,22 @@ A mixture-of-experts layer (mlp "moe", `studio.feedforward.MoE`) has instead of 
 `aux_loss()` sums the layers' load-balance losses of the last forward.
 
 `attn` is the layer's mixer whatever it is (the name keeps TransformerLens tools working).
+
+q/k sources (Deconstructing Attention, arXiv 2510.11602): a mixer whose `qk_source` is "embedding" or
+"fixed_sequence" computes q and k from a tensor the model hands it (`HybridLM._qk_resids`), normalised by
+the layer's own norm: the embedding output, or the residual entering that layer when the fixed text
+`FIXED_QK_TEXT` (its bytes repeated, modulo vocab_size) runs through the stack. The fixed run uses the
+same weights, runs under torch.no_grad (the layer's W_Q / W_K learn, the fixed text's hidden states are
+data, as the input's tokens are) with every hook silenced (caches and hooks see only the input), before
+the input's forward, and only through the blocks below the last such layer; decoding advances it one
+token per step, its states kept under "fixed" in the layers' decoding states.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +42,15 @@ from transformer_lens.hook_points import HookPoint
 from studio.feedforward import MLP, MoE
 from studio.mixers import REGISTRY, Mixer, MixerShape
 from studio.spec import ArchSpec
+
+# The text whose hidden states give the queries and keys of "fixed_sequence" layers (fixed_seq_qk).
+FIXED_QK_TEXT = "The quick brown fox jumps over the lazy dog. "
+
+
+def fixed_sequence_tokens(length: int, vocab_size: int, device=None, start: int = 0) -> torch.Tensor:
+    """Positions start .. start + length - 1 of FIXED_QK_TEXT's UTF-8 bytes repeated, modulo vocab_size [length]."""
+    data = torch.tensor(list(FIXED_QK_TEXT.encode()), dtype=torch.long, device=device)
+    return data[torch.arange(start, start + length, device=device) % len(data)] % vocab_size
 
 
 class Norm(nn.Module):
@@ -75,17 +95,22 @@ class Block(nn.Module):
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid)
 
-    def forward(self, resid: torch.Tensor, return_state: bool = False):
+    def _qk_input(self, qk_resid: torch.Tensor | None) -> torch.Tensor | None:
+        """The mixer's q/k input from a residual-stream tensor (embeddings, the fixed text's residual):
+        normalised like the layer input, by the norm itself (ln1's hook sees only the layer input)."""
+        return None if qk_resid is None else self.ln1.norm(qk_resid)
+
+    def forward(self, resid: torch.Tensor, return_state: bool = False, qk_resid: torch.Tensor | None = None):
         resid = self.hook_resid_pre(resid)
-        mixed = self.attn(self.ln1(resid), return_state=return_state)
+        mixed = self.attn(self.ln1(resid), return_state=return_state, qk_input=self._qk_input(qk_resid))
         mixed, state = mixed if return_state else (mixed, None)
         out = self._mlp(resid + self.hook_attn_out(mixed))
         return (out, state) if return_state else out
 
-    def step(self, resid: torch.Tensor, state: dict | None):
-        """One position: resid [batch, d_model]."""
+    def step(self, resid: torch.Tensor, state: dict | None, qk_resid: torch.Tensor | None = None):
+        """One position: resid [batch, d_model] (qk_resid [batch or 1, d_model], see `forward`)."""
         resid = self.hook_resid_pre(resid)
-        mixed, state = self.attn.step(self.ln1(resid), state)
+        mixed, state = self.attn.step(self.ln1(resid), state, qk_input=self._qk_input(qk_resid))
         return self._mlp(resid + self.hook_attn_out(mixed)), state
 
 
@@ -109,9 +134,13 @@ class HybridLM(HookedRootModule):
         1/sqrt(2 n_layers) (GPT-2), zero biases; embeddings N(0, 1). At d_model 64 this forms MQAR's
         induction circuit in about a third of the steps GPT-2's fixed N(0, 0.02) needed (docs/benchmarks.md)."""
         out_scale = 1.0 / math.sqrt(2 * self.spec.n_layers)
+        writers = {id(getattr(block.attn, attr)): factor
+                   for block in self.blocks for attr, factor in block.attn.residual_writers().items()}
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                std = module.in_features**-0.5 * (out_scale if name.endswith(("o_proj", "fc_out")) else 1.0)
+                factor = out_scale * writers[id(module)] if id(module) in writers else (
+                    out_scale if name.endswith(("o_proj", "fc_out")) else 1.0)
+                std = module.in_features**-0.5 * factor
                 nn.init.normal_(module.weight, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -167,8 +196,9 @@ class HybridLM(HookedRootModule):
         `loss_mask` [batch, pos - 1] selects which predictions count in the loss."""
         tokens = self._check_tokens(tokens)
         resid = self.hook_embed(self.embed(tokens))
-        for block in self.blocks:
-            resid = block(resid)
+        qk_resids, _ = self._qk_resids(resid)
+        for block, qk_resid in zip(self.blocks, qk_resids):
+            resid = block(resid, qk_resid=qk_resid)
         if return_type is None:
             return None
         logits = self._logits(resid)
@@ -177,14 +207,94 @@ class HybridLM(HookedRootModule):
         loss = next_token_loss(logits, tokens, loss_mask)
         return loss if return_type == "loss" else (logits, loss)
 
+    # ---- q/k sources (see the module docstring) ---------------------------------------------------
+    @property
+    def _fixed_layers(self) -> int:
+        """Blocks the fixed text must run through: up to the last "fixed_sequence" layer (0: none)."""
+        fixed = [i for i, block in enumerate(self.blocks) if type(block.attn).qk_source == "fixed_sequence"]
+        return fixed[-1] + 1 if fixed else 0
+
+    @contextmanager
+    def _hooks_silenced(self):
+        """Every hook point without hooks for the duration (the fixed text's run is not the input's)."""
+        saved = []
+        for module in self.modules():
+            if isinstance(module, HookPoint):
+                saved.append((module, module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+                              module._backward_pre_hooks, module.fwd_hooks, module.bwd_hooks))
+                module._forward_hooks, module._forward_pre_hooks = OrderedDict(), OrderedDict()
+                module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
+                module.fwd_hooks, module.bwd_hooks = [], []
+        try:
+            yield
+        finally:
+            for module, fwd, fwd_pre, bwd, bwd_pre, fwd_hooks, bwd_hooks in saved:
+                module._forward_hooks, module._forward_pre_hooks = fwd, fwd_pre
+                module._backward_hooks, module._backward_pre_hooks = bwd, bwd_pre
+                module.fwd_hooks, module.bwd_hooks = fwd_hooks, bwd_hooks
+
+    def _sources(self, embedded: torch.Tensor, fixed: list[torch.Tensor] | None, upto: int | None = None) -> list:
+        """Per block, its qk_resid: the embeddings for "embedding" layers, the fixed text's residual for
+        "fixed_sequence" layers (None in the fixed run itself: there, its own layer input), else None."""
+        out = []
+        for i, block in enumerate(self.blocks[:upto]):
+            source = type(block.attn).qk_source
+            out.append(embedded if source == "embedding" else
+                       fixed[i] if source == "fixed_sequence" and fixed is not None else None)
+        return out
+
+    @torch.no_grad()
+    def _fixed_run(self, length: int, return_state: bool = False):
+        """The fixed text's first `length` tokens through the blocks below the last fixed_sequence layer:
+        (the residual entering each of those blocks and that layer [1, length, d_model], their states)."""
+        upto = self._fixed_layers
+        tokens = fixed_sequence_tokens(length, self.spec.vocab_size, self.device)[None]
+        records, states = [], []
+        with self._hooks_silenced():
+            embedded = resid = self.embed(tokens)
+            for block, qk_resid in zip(self.blocks[: upto - 1], self._sources(embedded, None, upto - 1)):
+                records.append(resid)
+                out = block(resid, return_state=return_state, qk_resid=qk_resid)
+                resid, state = out if return_state else (out, None)
+                states.append(state)
+            records.append(resid)
+        return records, states
+
+    @torch.no_grad()
+    def _fixed_step(self, pos: int, states: list[dict | None]):
+        """The fixed text's token at `pos` through the same blocks as `_fixed_run`, continuing its states."""
+        upto = self._fixed_layers
+        token = fixed_sequence_tokens(1, self.spec.vocab_size, self.device, start=pos)
+        records, new_states = [], []
+        with self._hooks_silenced():
+            embedded = resid = self.embed(token)
+            for block, qk_resid, state in zip(self.blocks[: upto - 1], self._sources(embedded, None, upto - 1),
+                                              states):
+                records.append(resid)
+                resid, state = block.step(resid, state, qk_resid=qk_resid)
+                new_states.append(state)
+            records.append(resid)
+        return records, new_states
+
+    def _qk_resids(self, embedded: torch.Tensor, return_state: bool = False):
+        """Per block, what its q and k come from when that is not its own input (else None), and the fixed
+        run's states (per block below the last fixed_sequence layer; [] without such layers)."""
+        fixed, fixed_states = (None, [])
+        if self._fixed_layers:
+            fixed, fixed_states = self._fixed_run(embedded.shape[1], return_state)
+        return self._sources(embedded, fixed), fixed_states
+
     # ---- decoding ----------------------------------------------------------------------------
     def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         """Run the prompt in parallel form; return its logits and every layer's decoding state."""
         tokens = self._check_tokens(tokens)
         resid = self.hook_embed(self.embed(tokens))
+        qk_resids, fixed_states = self._qk_resids(resid, return_state=True)
         states = []
-        for block in self.blocks:
-            resid, state = block(resid, return_state=True)
+        for i, (block, qk_resid) in enumerate(zip(self.blocks, qk_resids)):
+            resid, state = block(resid, return_state=True, qk_resid=qk_resid)
+            if i < len(fixed_states):
+                state["fixed"] = fixed_states[i]
             states.append(state)
         return self._logits(resid), states
 
@@ -194,9 +304,16 @@ class HybridLM(HookedRootModule):
         token = self._check_tokens(token.reshape(-1, 1))[:, 0]
         states = states or [None] * len(self.blocks)
         resid = self.hook_embed(self.embed(token))
+        fixed, fixed_states = None, []
+        if self._fixed_layers:
+            pos = states[0]["pos"] if states[0] is not None else 0
+            old = [state.get("fixed") if state is not None else None for state in states]
+            fixed, fixed_states = self._fixed_step(pos, old)
         new_states = []
-        for block, state in zip(self.blocks, states):
-            resid, state = block.step(resid, state)
+        for i, (block, state, qk_resid) in enumerate(zip(self.blocks, states, self._sources(resid, fixed))):
+            resid, state = block.step(resid, state, qk_resid=qk_resid)
+            if i < len(fixed_states):
+                state["fixed"] = fixed_states[i]
             new_states.append(state)
         return self._logits(resid), new_states
 

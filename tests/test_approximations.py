@@ -244,6 +244,10 @@ def test_approximate_in_place_and_by_layer(trained, sample_tokens):
         approximate(trained, "hip", window=4)
     with pytest.raises(ValueError, match="no softmax layer"):
         approximate(studio.build_model(_spec("lightning") | {"pattern": "A"}), "hip")
+    minimal = studio.build_model(_spec({"mixer": "softmax", "qk": "collapsed"}))  # layer 0 collapsed, layer 1 not
+    assert approximable_layers(minimal) == [1]
+    with pytest.raises(ValueError, match="qk: collapsed.*separate W_Q, W_K, W_V, W_O"):
+        approximate(minimal, "hip", layers=[0])
 
 
 def test_report_rows(trained, sample_tokens):

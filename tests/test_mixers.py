@@ -41,7 +41,8 @@ def test_forward_step_and_pattern_agree(case, length, seed):
     v = mixer.expand_kv(v.transpose(1, 2))
     torch.testing.assert_close(z, (pattern @ v).transpose(1, 2), rtol=1e-12, atol=1e-12)
     assert torch.all(pattern.triu(1) == 0), "effective pattern must be lower triangular"
-    if mixer.name in ("softmax", "sliding_window", "hip", "deltallm"):
+    if mixer.name in ("softmax", "sliding_window", "hip", "deltallm", "mlp_mixing", "approx", "non_approx",
+                      "rnd_emb_qk", "fixed_seq_qk", "static_emb_qk"):
         torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern[..., 0]))
     if mixer.name == "sliding_window":
         w = mixer.p.window

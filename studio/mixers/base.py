@@ -13,6 +13,16 @@ what makes it that mixer:
     recurrent_step(q, k, v, state, **g)   -> (z, state)   one token; `state=None` means empty
     effective_pattern(q, k, **gates)      -> M [batch, head, T, T] with z = M @ v
 
+and, when it departs from the standard layout, its projections (`projections`, `qkv`) and their sizes
+(`d_qk`, `d_v`, `n_k_heads`, `n_v_heads`, `k_is_q`, `has_k_proj`, `has_o_proj`): collapsed W_QK / W_VO
+and symmetric W_Q = W_K (arXiv 2410.13732) or a per-position MLP (arXiv 2510.11602) are such layouts.
+
+Where q and k come from (`qk_source`; Deconstructing Attention, arXiv 2510.11602): "hidden", the layer
+input x (every standard mixer); "random", fixed random per-position rows that the mixer makes itself
+(`qk_input_of`); "embedding" (the token embeddings) and "fixed_sequence" (the layer input of one fixed
+text run through the same stack), which need the model: `HybridLM` hands them to `forward` / `step` as
+`qk_input` (a mixer used on its own falls back to x). v, gates and the output gate always read x.
+
 q, k, v reach the math as [batch, head, time, d_head] (one time step: [batch, head, d_head]); k and v
 have n_heads heads unless the mixer sets `group_kv = True`, in which case they keep n_kv_heads and
 the mixer shares them itself. z = M @ v exactly (DSF, arXiv 2405.15731): `hook_z` sees this z; the
@@ -29,6 +39,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
+
+QKSource = Literal["hidden", "random", "fixed_sequence", "embedding"]
 
 import torch
 import torch.nn.functional as F
@@ -84,25 +96,85 @@ class Mixer(nn.Module):
     family: ClassVar[str] = "other"
     Params: ClassVar[type[MixerParams]] = MixerParams
     group_kv: ClassVar[bool] = False
+    # Where q and k come from (see the module docstring); v always comes from the layer input.
+    qk_source: ClassVar[QKSource] = "hidden"
 
     def __init__(self, shape: MixerShape, **params: Any):
         super().__init__()
         self.shape = shape
         self.p = self.Params(**params)
-        h, kv, d, dm = shape.n_heads, shape.n_kv_heads, shape.d_head, shape.d_model
-        self.q_proj = nn.Linear(dm, h * d, bias=shape.bias)
-        self.k_proj = nn.Linear(dm, kv * d, bias=shape.bias)
-        self.v_proj = nn.Linear(dm, kv * d, bias=shape.bias)
-        self.o_proj = nn.Linear(h * d, dm, bias=shape.bias)
-        self.conv = ShortConv((h + 2 * kv) * d, self.p.short_conv) if self.p.short_conv else None
+        h, dm = shape.n_heads, shape.d_model
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = self.projections()
+        k_width = 0 if self.k_is_q else self.n_k_heads * self.d_qk
+        channels = h * self.d_qk + k_width + self.n_v_heads * self.d_v
+        self.conv = ShortConv(channels, self.p.short_conv) if self.p.short_conv else None
         self.rotary = (
-            Rotary(d, shape.rope_base, self.p.rope_fraction) if shape.positional == "rope" else None
+            Rotary(self.d_qk, shape.rope_base, self.p.rope_fraction)
+            if shape.positional == "rope" and self.d_qk > 0 else None
         )
-        self.out_norm = nn.RMSNorm(d, eps=shape.norm_eps) if self.p.output_norm else None
-        self.g_proj = nn.Linear(dm, h * d, bias=shape.bias) if self.p.output_gate != "none" else None
+        self.out_norm = nn.RMSNorm(self.d_v, eps=shape.norm_eps) if self.p.output_norm else None
+        self.g_proj = nn.Linear(dm, h * self.d_v, bias=shape.bias) if self.p.output_gate != "none" else None
         for hook in ("q", "k", "v", "rot_q", "rot_k", "pattern", "z", "state"):
             setattr(self, f"hook_{hook}", HookPoint())
         self.init_mixer()
+
+    # ---- the layout of the projections (standard: q, k, v of d_head per head, k and v at n_kv_heads) ----
+    @property
+    def d_qk(self) -> int:
+        """Width of each q / k head."""
+        return self.shape.d_head
+
+    @property
+    def d_v(self) -> int:
+        """Width of each v head (and of each head of z)."""
+        return self.shape.d_head
+
+    @property
+    def n_k_heads(self) -> int:
+        return self.shape.n_kv_heads
+
+    @property
+    def n_v_heads(self) -> int:
+        return self.shape.n_kv_heads
+
+    @property
+    def k_is_q(self) -> bool:
+        """k is q itself (one shared projection, W_K = W_Q): `qkv` returns k = None."""
+        return False
+
+    @property
+    def has_k_proj(self) -> bool:
+        """False: k is q (`k_is_q`) or `qkv` makes k without weights."""
+        return not self.k_is_q
+
+    @property
+    def has_o_proj(self) -> bool:
+        """False: every head writes d_model wide (d_v = d_model) and the heads' outputs are summed."""
+        return True
+
+    def projections(self) -> tuple[nn.Module | None, nn.Module | None, nn.Module, nn.Module | None]:
+        """(q_proj, k_proj, v_proj, o_proj), None where `has_k_proj` / `has_o_proj` say so."""
+        h, dm, bias = self.shape.n_heads, self.shape.d_model, self.shape.bias
+        q = nn.Linear(dm, h * self.d_qk, bias=bias)
+        k = nn.Linear(dm, self.n_k_heads * self.d_qk, bias=bias) if self.has_k_proj else None
+        v = nn.Linear(dm, self.n_v_heads * self.d_v, bias=bias)
+        o = nn.Linear(h * self.d_v, dm, bias=bias) if self.has_o_proj else None
+        return q, k, v, o
+
+    def qkv(self, src: torch.Tensor, x: torch.Tensor):
+        """Flat q [batch, time, n_heads * d_qk], k [.., n_k_heads * d_qk] (None: k is q, taken after the short
+        convolution), v [.., n_v_heads * d_v]: q and k from `src` (the q/k input, see `qk_source`), v from x."""
+        return self.q_proj(src), None if self.k_proj is None else self.k_proj(src), self.v_proj(x)
+
+    def qk_input_of(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """What q and k are computed from when the caller gives no `qk_input`: the layer input x [batch, T,
+        d_model] (a "random" mixer returns its own rows for these positions, [1 or batch, T, d_model])."""
+        return x
+
+    def residual_writers(self) -> dict[str, float]:
+        """The linear layers (attribute names) whose output goes to the residual stream, each with a factor
+        on its initial scale; `HybridLM` initialises them like output projections (GPT-2's 1/sqrt(2 n_layers))."""
+        return {} if self.o_proj is None else {"o_proj": 1.0}
 
     # ---- what a subclass provides ----------------------------------------------------------
     def init_mixer(self) -> None:
@@ -129,16 +201,18 @@ class Mixer(nn.Module):
     def is_recurrent(self) -> bool:
         return self.state_kind == "matrix"
 
-    def _project(self, x: torch.Tensor, conv_history: torch.Tensor | None):
+    def _project(self, x: torch.Tensor, conv_history: torch.Tensor | None, qk_input: torch.Tensor):
         b, t, _ = x.shape
-        h, kv, d = self.shape.n_heads, self.shape.n_kv_heads, self.shape.d_head
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self.qkv(qk_input.expand(b, t, -1), x)
+        parts = [q, v] if k is None else [q, k, v]
         if self.conv is not None:
-            qkv, conv_history = self.conv(torch.cat([q, k, v], dim=-1), conv_history)
-            q, k, v = qkv.split([h * d, kv * d, kv * d], dim=-1)
-        q = self.hook_q(q.reshape(b, t, h, d))
-        k = self.hook_k(k.reshape(b, t, kv, d))
-        v = self.hook_v(v.reshape(b, t, kv, d))
+            mixed, conv_history = self.conv(torch.cat(parts, dim=-1), conv_history)
+            parts = mixed.split([part.shape[-1] for part in parts], dim=-1)
+        q, v = parts[0], parts[-1]
+        k = q if k is None else parts[1]
+        q = self.hook_q(q.unflatten(-1, (self.shape.n_heads, self.d_qk)))
+        k = self.hook_k(k.unflatten(-1, (self.n_k_heads, self.d_qk)))
+        v = self.hook_v(v.unflatten(-1, (self.n_v_heads, self.d_v)))
         return q, k, v, conv_history
 
     def _position(self, q, k, positions):
@@ -168,13 +242,18 @@ class Mixer(nn.Module):
         if self.g_proj is not None:
             g = self.g_proj(x)
             z = z * (torch.sigmoid(g) if self.p.output_gate == "sigmoid" else F.silu(g))
+        if self.o_proj is None:  # each head already writes d_model wide (collapsed W_VO): sum the heads
+            return z.unflatten(-1, (self.shape.n_heads, self.d_v)).sum(-2)
         return self.o_proj(z)
 
-    def forward(self, x: torch.Tensor, return_state: bool = False):
+    def forward(self, x: torch.Tensor, return_state: bool = False, qk_input: torch.Tensor | None = None):
         """x [batch, time, d_model] -> [batch, time, d_model]; with `return_state`, also the decoding
-        state after the last token (what `step` continues from)."""
-        q, k, v, conv_history = self._project(x, None)
+        state after the last token (what `step` continues from). `qk_input` [batch or 1, time, d_model]:
+        what q and k are computed from instead of x (see `qk_source`); None: `qk_input_of(x, positions)`."""
         positions = torch.arange(x.shape[1], device=x.device)
+        if qk_input is None:
+            qk_input = self.qk_input_of(x, positions)
+        q, k, v, conv_history = self._project(x, None, qk_input)
         q, k = self._position(q, k, positions)
         q, k, v = self._heads_first(q, k, v)
         gates = self.gates(x)
@@ -204,13 +283,17 @@ class Mixer(nn.Module):
             self.hook_pattern.remove_hooks()
         return seen[0]
 
-    def step(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict]:
+    def step(self, x: torch.Tensor, state: dict | None = None,
+             qk_input: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """One token x [batch, d_model] with the state from `forward(..., return_state=True)` or a
-        previous step (None: start of sequence) -> (out [batch, d_model], new state)."""
+        previous step (None: start of sequence) -> (out [batch, d_model], new state). `qk_input`
+        [batch or 1, d_model]: the q/k input at this position (as in `forward`)."""
         state = state or {"pos": 0, "conv": None, "mix": None}
         x = x[:, None]
-        q, k, v, conv_history = self._project(x, state["conv"])
-        q, k = self._position(q, k, torch.tensor([state["pos"]], device=x.device))
+        positions = torch.tensor([state["pos"]], device=x.device)
+        qk_input = self.qk_input_of(x, positions) if qk_input is None else qk_input[:, None]
+        q, k, v, conv_history = self._project(x, state["conv"], qk_input)
+        q, k = self._position(q, k, positions)
         q, k, v = self._heads_first(q, k, v)
         gates = {name: g[:, :, 0] for name, g in self.gates(x).items()}
         z, mix = self.recurrent_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], state["mix"], **gates)
@@ -222,21 +305,21 @@ class Mixer(nn.Module):
     # ---- costs (for `studio summary`) ----------------------------------------------------------
     def state_elements(self, context: int) -> int:
         """Numbers held for decoding after `context` tokens (KV cache, window or matrix state)."""
-        h, kv, d = self.shape.n_heads, self.shape.n_kv_heads, self.shape.d_head
         if self.state_kind == "matrix":
-            return h * d * d
+            return self.shape.n_heads * self.d_qk * self.d_v
         window = getattr(self, "window", None)
-        return 2 * kv * d * (context if window is None else min(context, window))
+        per_token = self.n_k_heads * self.d_qk + self.n_v_heads * self.d_v
+        return per_token * (context if window is None else min(context, window))
 
     def mixing_flops_per_token(self, length: int) -> float:
         """Forward FLOPs per token of the token mixing itself (projections excluded), averaged over
         the positions of a sequence of `length` tokens (recurrent form for matrix states)."""
-        h, d = self.shape.n_heads, self.shape.d_head
+        h, dqk, dv = self.shape.n_heads, self.d_qk, self.d_v
         if self.state_kind == "matrix":
-            return 4.0 * h * d * d  # state update k v^T and read-out q S
+            return 4.0 * h * dqk * dv  # state update k v^T and read-out q S
         window = getattr(self, "window", None)
         keys = (length + 1) / 2 if window is None else sum(min(t, window) for t in range(1, length + 1)) / length
-        return 4.0 * h * d * keys  # q.k scores and the weighted sum of values
+        return 2.0 * h * (dqk + dv) * keys  # q.k scores and the weighted sum of values
 
     def extra_repr(self) -> str:
         given = self.p.model_dump(exclude_defaults=True)

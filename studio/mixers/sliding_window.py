@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from studio.mixers.base import MixerParams
 from studio.mixers.registry import register
-from studio.mixers.softmax import Softmax
+from studio.mixers.softmax import Softmax, SoftmaxParams
 
 
-class SlidingWindowParams(MixerParams):
+class SlidingWindowParams(SoftmaxParams):
     window: int = Field(default=64, gt=0, description="keys each query sees, itself included")
 
 

@@ -1,16 +1,31 @@
 """Softmax attention (Vaswani et al., arXiv 1706.03762), causal, MHA or GQA (Ainslie et al.,
 arXiv 2305.13245), with RoPE or NoPE. M[t, s] = softmax_s(q_t . k_s / sqrt(d)) over s <= t.
-The decoding state is the KV cache (kept at n_kv_heads heads)."""
+The decoding state is the KV cache (kept at n_kv_heads heads).
+
+Minimal-transformer forms (Reducing the Transformer to a Minimum, arXiv 2410.13732), parameters `qk`, `vo`:
+
+    qk "separate"   q = x W_Q, k = x W_K (the default)
+       "collapsed"  one W_QK per head (d_model x d_model): q_h = x W_QK_h, k = x (one d_model-wide key head
+                    shared by every head), score = x_t W_QK_h x_s^T / sqrt(d_head) (RoPE, if on, turns the
+                    d_model-wide q and k)
+       "symmetric"  W_K = W_Q: one projection, k = q (n_heads key heads), RoPE applied alike to both
+    vo "separate"   v = x W_V, out = concat_h(z_h) W_O (the default)
+       "collapsed"  one W_VO per kv head (d_model x d_model): out = sum_h M_h X W_VO_h, no o_proj
+
+`weights(scores)` turns the masked scores into the pattern (softmax here); a subclass that changes it
+(`approx`) changes the forward, the decoding step and the pattern at once."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from kernels.dispatch import use_triton
-from studio.mixers.base import Mixer
+from studio.mixers.base import Mixer, MixerParams
 from studio.mixers.registry import register
 
 
@@ -26,6 +41,13 @@ def causal_scores(q: torch.Tensor, k: torch.Tensor, scale: float, window: int | 
     return scores.masked_fill(~allowed, float("-inf"))
 
 
+class SoftmaxParams(MixerParams):
+    qk: Literal["separate", "collapsed", "symmetric"] = Field(
+        default="separate", description="query-key weights: W_Q and W_K, one W_QK per head, or W_K = W_Q")
+    vo: Literal["separate", "collapsed"] = Field(
+        default="separate", description="value-output weights: W_V and W_O, or one W_VO per kv head")
+
+
 @register
 class Softmax(Mixer):
     name = "softmax"
@@ -34,6 +56,55 @@ class Softmax(Mixer):
     state_kind = "kv_cache"
     family = "softmax"
     group_kv = True
+    Params = SoftmaxParams
+
+    # ---- qk / vo forms (subclasses with their own Params keep the separate forms) ----------------
+    @property
+    def qk_form(self) -> str:
+        return getattr(self.p, "qk", "separate")
+
+    @property
+    def vo_form(self) -> str:
+        return getattr(self.p, "vo", "separate")
+
+    @property
+    def d_qk(self) -> int:
+        return self.shape.d_model if self.qk_form == "collapsed" else self.shape.d_head
+
+    @property
+    def d_v(self) -> int:
+        return self.shape.d_model if self.vo_form == "collapsed" else self.shape.d_head
+
+    @property
+    def n_k_heads(self) -> int:
+        return {"collapsed": 1, "symmetric": self.shape.n_heads}.get(self.qk_form, self.shape.n_kv_heads)
+
+    @property
+    def k_is_q(self) -> bool:
+        return self.qk_form == "symmetric"
+
+    @property
+    def has_k_proj(self) -> bool:
+        return self.qk_form == "separate"  # collapsed: k is the q/k input itself; symmetric: k is q
+
+    @property
+    def has_o_proj(self) -> bool:
+        return self.vo_form == "separate"
+
+    def qkv(self, src, x):
+        if self.qk_form == "collapsed":
+            return self.q_proj(src), src, self.v_proj(x)
+        return super().qkv(src, x)
+
+    def residual_writers(self) -> dict[str, float]:
+        if self.vo_form == "collapsed":  # n_heads d_model-wide heads summed: each a 1/sqrt(n_heads) share
+            return {"v_proj": self.shape.n_heads**-0.5}
+        return super().residual_writers()
+
+    # ---- the math ------------------------------------------------------------------------------
+    def weights(self, scores: torch.Tensor) -> torch.Tensor:
+        """The pattern from scaled scores [.., T, S] that are -inf where masked: softmax over s."""
+        return torch.softmax(scores, dim=-1)
 
     @property
     def window(self) -> int | None:
@@ -48,15 +119,24 @@ class Softmax(Mixer):
         w = self.window
         return (keys, values) if w is None else (keys[:, :, -w:], values[:, :, -w:])
 
+    def _same_heads(self, k, v):
+        """k and v with one head count (collapsed q/k has one key head, symmetric n_heads)."""
+        if k.shape[1] == v.shape[1]:
+            return k, v
+        if k.shape[1] == 1:
+            return k.expand(-1, v.shape[1], -1, -1), v
+        return self.expand_kv(k), self.expand_kv(v)
+
     def parallel(self, q, k, v):
+        kk, vv = self._same_heads(k, v)
         if self.window is None:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+            z = F.scaled_dot_product_attention(q, kk, vv, is_causal=True, scale=self.scale, enable_gqa=True)
         else:
-            z = self._banded(q, k, v)
+            z = self._banded(q, kk, vv)
         return z, self._keep(k, v)
 
     def _banded(self, q, k, v):
-        if use_triton(q):
+        if use_triton(q) and q.shape[-1] == v.shape[-1] <= 256:
             from kernels.sliding_window_attention import sliding_window_attention
             z = sliding_window_attention(*(x.transpose(1, 2) for x in (q, k, v)), self.window, scale=self.scale)
             return z.transpose(1, 2)
@@ -82,8 +162,8 @@ class Softmax(Mixer):
         if state is not None:
             keys, values = torch.cat([state[0], keys], dim=2), torch.cat([state[1], values], dim=2)
         keys, values = self._keep(keys, values)
-        pattern = torch.softmax(causal_scores(q[:, :, None], self.expand_kv(keys), self.scale, self.window), -1)
+        pattern = self.weights(causal_scores(q[:, :, None], self.expand_kv(keys), self.scale, self.window))
         return (pattern @ self.expand_kv(values))[:, :, 0], (keys, values)
 
     def effective_pattern(self, q, k):
-        return torch.softmax(causal_scores(q, self.expand_kv(k), self.scale, self.window), dim=-1)
+        return self.weights(causal_scores(q, self.expand_kv(k), self.scale, self.window))
