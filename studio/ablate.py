@@ -888,21 +888,37 @@ def _write_outputs(out: Path, grid: Grid, rows: dict[str, dict], total: int) -> 
     return table
 
 
+def _finished_rows(cells: list[Cell], cells_dir: Path) -> dict[str, dict]:
+    """The result rows of the cells finished under their current definition, by cell name."""
+    rows = {}
+    for cell in cells:
+        result = _read_json(cells_dir / cell.name / "result.json")
+        if result and result.get("definition") == cell.digest():
+            result.pop("format", None)
+            rows[cell.name] = result
+    return rows
+
+
 def run_grid(grid: Grid | dict | str | Path, out_dir: str | Path, progress: bool = True, max_cells: int | None = None,
-             device: str = "auto", callback: Callable[[str, dict], Any] | None = None) -> ResultsTable:
+             device: str = "auto", callback: Callable[[str, dict], Any] | None = None,
+             shard: tuple[int, int] | None = None) -> ResultsTable:
     """Run every cell of `grid` (a `Grid`, dict, file path or YAML text) into `out_dir` and return the
     results table. The whole grid is checked first (`GridError`, nothing trains). Finished cells are
     skipped; interrupted ones resume from their checkpoint. `max_cells` trains at most that many cells
     in this call (cells already done do not count). `device`: auto | cpu | cuda. `callback(cell_name,
     record)` sees every training record; returning "stop" ends the grid after that cell's checkpoint
     (the next call resumes it). results.csv, results.json and summary.csv are rewritten after every
-    cell; the figures at the end of the call."""
+    cell; the figures at the end of the call. `shard=(i, n)` trains only the cells at positions i, i + n,
+    i + 2n, ... so n processes can share a grid (`studio ablate --workers n`); every write re-reads the
+    finished cells of all of them."""
     from tqdm.auto import tqdm
 
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     if max_cells is not None and (not isinstance(max_cells, int) or max_cells < 0):
         raise ValueError(f"max_cells must be a non-negative integer, got {max_cells!r}")
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
     _device_name(device)  # a missing GPU is an error before anything runs
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
@@ -912,19 +928,15 @@ def run_grid(grid: Grid | dict | str | Path, out_dir: str | Path, progress: bool
     _check_definitions(cells, cells_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "grid.yaml", grid.text)
-    rows: dict[str, dict] = {}
-    for cell in cells:
-        result = _read_json(cells_dir / cell.name / "result.json")
-        if result and result.get("definition") == cell.digest():
-            result.pop("format", None)
-            rows[cell.name] = result
+    rows = _finished_rows(cells, cells_dir)
     table = _write_outputs(out, grid, rows, len(cells))
+    mine = {c.name for i, c in enumerate(cells) if shard is None or i % shard[1] == shard[0]}
     trained = 0
     bar = tqdm(total=len(cells), initial=len(rows), disable=not progress, desc=f"ablate {grid.name}", unit="cell",
                dynamic_ncols=True)
     try:
         for cell in cells:
-            if cell.name in rows:
+            if cell.name in rows or cell.name not in mine:
                 continue
             if max_cells is not None and trained >= max_cells:
                 break
@@ -933,7 +945,7 @@ def run_grid(grid: Grid | dict | str | Path, out_dir: str | Path, progress: bool
             trained += 1
             if row is None:
                 break
-            rows[cell.name] = row
+            rows = {**_finished_rows(cells, cells_dir), cell.name: row}  # other shards' cells too
             table = _write_outputs(out, grid, rows, len(cells))
             bar.update(1)
     finally:

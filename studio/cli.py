@@ -222,7 +222,19 @@ def cmd_ablate(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    table = run_grid(grid, args.out, progress=not args.no_progress, max_cells=args.max_cells, device=args.device)
+    shard = None
+    if args.shard:
+        index, _, count = args.shard.partition("/")
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+            raise ValueError(f"--shard must be I/N with 0 <= I < N, e.g. 0/4, got {args.shard!r}")
+        shard = (int(index), int(count))
+    if args.workers is not None:
+        if args.workers < 1 or shard is not None or args.max_cells is not None:
+            raise ValueError("--workers needs a count >= 1 and goes without --shard and --max-cells")
+        _ablate_workers(args)
+        args.max_cells = 0  # below: only collect the workers' cells into the tables and figures
+    table = run_grid(grid, args.out, progress=not args.no_progress, max_cells=args.max_cells, device=args.device,
+                     shard=shard)
     summary = table.summary()
     metrics = [m for m in grid.metrics if any(r.get(f"{m}_mean") is not None for r in summary)]
     header = ["variant", "task", "n", *(f"{m} (mean ± std)" for m in metrics), "params", "s / cell"]
@@ -237,6 +249,20 @@ def cmd_ablate(args) -> int:
     if not table.complete:
         print(f"{len(cells) - len(table)} cell(s) left: run the same command again to continue")
     return 0
+
+
+def _ablate_workers(args) -> None:
+    """Run `args.workers` shards of the grid as child processes (one torch thread each unless --threads)
+    and wait for them; a failed worker is an error naming its shard (its finished cells are kept)."""
+    import subprocess
+
+    base = [sys.executable, "-m", "studio", "ablate", args.grid, "--out", args.out, "--device", args.device,
+            "--no-progress", "--threads", str(args.threads or 1)]
+    children = [subprocess.Popen([*base, "--shard", f"{i}/{args.workers}"]) for i in range(args.workers)]
+    failed = [f"{i}/{args.workers}" for i, child in enumerate(children) if child.wait() != 0]
+    if failed:
+        raise RuntimeError(f"ablation worker(s) {', '.join(failed)} failed (messages above); finished cells are "
+                           "kept: run the same command again to continue")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is fastest for "
                    "small models on a shared CPU, see docs/ablations.md)")
     p.add_argument("--dry-run", action="store_true", help="check the grid and list its cells; train nothing")
+    p.add_argument("--workers", type=int, help="train the cells in N parallel processes (e.g. many small models "
+                   "on one GPU), then collect the tables and figures")
+    p.add_argument("--shard", help="I/N: train only cells I, I+N, I+2N, ... (what each --workers process runs)")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("runs", help="list runs with their final metrics")

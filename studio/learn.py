@@ -212,8 +212,10 @@ def _heatmap_grid(panels: Sequence[tuple[str, np.ndarray, bool]], title: str, co
     panels are square with the entries above the diagonal blank. Rows of a matrix go down."""
     n = len(panels)
     rows = max(1, math.ceil(n / cols))
+    height = max(340, 300 * rows + 80)
+    # about 70 pixels between rows whatever their number (a fixed fraction squeezes many rows to nothing)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p[0] for p in panels],
-                        horizontal_spacing=0.09, vertical_spacing=0.16 if rows > 1 else 0.0)
+                        horizontal_spacing=0.09, vertical_spacing=min(0.16, 70 / height) if rows > 1 else 0.0)
     for i, (name, m, causal) in enumerate(panels):
         z = np.asarray(m, dtype=np.float64).copy()
         if causal:
@@ -230,7 +232,7 @@ def _heatmap_grid(panels: Sequence[tuple[str, np.ndarray, bool]], title: str, co
                                                         "tickfont": {"size": 9}}}
     fig.update_xaxes(title={"text": x_title}, side="bottom")
     fig.update_yaxes(title={"text": y_title}, autorange="reversed")
-    fig.update_layout(title={"text": title}, height=max(340, 300 * rows + 80),
+    fig.update_layout(title={"text": title}, height=height,
                       margin={"l": 60, "r": 40, "t": 90, "b": 40}, plot_bgcolor="white")
     return fig
 

@@ -300,6 +300,17 @@ def test_an_interrupted_grid_resumes_without_redoing_finished_cells(tmp_path, mo
         run_grid(changed, out, progress=False, device="cpu")
 
 
+def test_shards_split_the_cells_and_see_each_others_results(tmp_path):
+    out = tmp_path / "out"
+    first = run_grid(TINY, out, progress=False, device="cpu", shard=(0, 2))
+    assert sorted(r["cell"] for r in first.rows) == ["hybrid-lightning__mqar__seed0", "hybrid-lightning__mqar__seed1"] \
+        or sorted(r["cell"] for r in first.rows) == ["standard__mqar__seed0", "standard__mqar__seed1"]
+    second = run_grid(TINY, out, progress=False, device="cpu", shard=(1, 2))
+    assert second.complete and len(load_results(out)) == 4
+    with pytest.raises(ValueError, match="shard must be"):
+        run_grid(TINY, out, progress=False, device="cpu", shard=(2, 2))
+
+
 def test_a_diverging_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     grid = {**TINY, "seeds": [0], "variants": {"standard": {}},
             "train": {"steps": 3, "batch_size": 4, "lr": 1e30, "grad_clip": 0.0, "warmup": 0}}
@@ -316,7 +327,8 @@ def test_studio_ablate_end_to_end(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     out = tmp_path / "results"
-    result = subprocess.run([STUDIO, "ablate", str(path), "--out", str(out), "--device", "cpu", "--threads", "1", "--no-progress"],
+    result = subprocess.run([STUDIO, "ablate", str(path), "--out", str(out), "--device", "cpu", "--threads", "1",
+                             "--no-progress", "--workers", "2"],  # two processes, one cell each, then collected
                             capture_output=True, text=True, env={**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert "tiny: 2 of 2 cells done" in result.stdout

@@ -159,6 +159,9 @@ def test_gallery_covers_registry_and_is_causal():
     fig = learn.gallery_figure(g)
     assert isinstance(fig, go.Figure) and len(fig.data) == len(REGISTRY)
     assert {t.name for t in fig.data} == set(REGISTRY)
+    for axis in (a for a in fig.layout if a.startswith("yaxis")):  # every panel keeps a readable height
+        low, high = fig.layout[axis].domain
+        assert (high - low) * fig.layout.height >= 150, (axis, high - low)
 
 
 def test_gallery_picks_up_new_mixers(monkeypatch):
