@@ -1,17 +1,22 @@
 """Hybrid Attention Studio, the web app: `python app.py [--host 127.0.0.1] [--port 7860] [--runs-dir DIR]`.
 
-Four tabs, all logic in gradio-free modules (this file is layout and wiring only):
+Five tabs, all logic in gradio-free modules (this file is layout and wiring only):
     Compose  spec editor (JSON/YAML, presets, per-layer table), live validation, diagram, cost table,
              one head's pattern                         studio.app_helpers, studio.layer_table, studio.diagram
     Train    a task, steps, live loss/accuracy, cancel; the user's runs     studio.training_jobs
     Explore  default models, saved runs, SmolLM2: head grid, WAAD/FAI, preplan/anchor tokens, head spans,
              token graph; two models side by side                            studio.explore
+    Ablate   variants (mixers x configurations / linear:softmax ratios) x tasks x seeds as a grid (YAML,
+             checked live), run in the background with a live comparison chart and summary, stop and
+             resume; load a finished or partial ablation                   studio.ablate_jobs
     Learn    softmax vs linear vs lightning on small vectors, chunked == recurrent, every mixer's
              pattern, cost curves                                            studio.learn
 
 Each browser gets a user id (kept in its local storage), and with it a runs folder of its own under
 --runs-dir: users never see each other's runs, and a page reload keeps them. Training runs through a
-queue (--train-concurrency jobs at once). Errors show in the page; the server keeps serving.
+queue (--train-concurrency jobs at once); ablations run in background threads, one per user and at most
+--ablate-concurrency at once, into runs-dir/<user id>/ablations/. Errors show in the page; the server
+keeps serving.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from studio import ablate_jobs as aj  # noqa: E402
 from studio import explore as ex  # noqa: E402
 from studio import learn  # noqa: E402
 from studio.app_helpers import (  # noqa: E402
@@ -88,11 +94,14 @@ def _unexpected(err: Exception, doing: str) -> str:
 class Studio:
     """Server-wide state: where runs live, the default models, the training jobs by user."""
 
-    def __init__(self, runs_root: str | Path, defaults: DefaultModels | None = None):
+    def __init__(self, runs_root: str | Path, defaults: DefaultModels | None = None,
+                 results_root: str | Path | None = None, ablate_concurrency: int = 1):
         self.runs_root = Path(runs_root).resolve()
         self.defaults = defaults if defaults is not None else DefaultModels()
         self.jobs: dict[str, TrainingJob] = {}
         self.lock = threading.Lock()
+        self.results_root = Path(results_root).resolve() if results_root else None  # shared, read-only results
+        self.ablations = aj.AblationJobs(ablate_concurrency)
 
     def user(self, user_id: str | None, request: gr.Request | None) -> str:
         """The browser's id (from its local storage), else this page session's id (API clients)."""
@@ -443,6 +452,252 @@ def make_explore_handlers(studio: Studio):
     return model_choices, run_explore, change_layer
 
 
+# ---- Ablate ------------------------------------------------------------------------------------
+ABLATE_DEFAULTS = {"base": "small-softmax", "mixers": ["mlp_mixing", "lightning"], "configurations": ["hybrid"],
+                   "ratios": [], "standard": True, "tasks": ["mqar"], "mqar_seq_len": 64, "mqar_pairs": 8,
+                   "text_seq_len": 128, "seeds": 1, "steps": aj.DEFAULT_STEPS, "batch_size": 32, "lr": 3e-3,
+                   "d_model": 0, "n_layers": 0, "name": ""}
+
+
+def _grid_error(err, action: str = "the check reruns as you edit") -> str:
+    lines = getattr(err, "problems", None) or [str(err)]
+    return (f"### Grid error\nFix the grid (or the choices) and {action}.\n\n"
+            + "\n".join(f"- {_code(line)}" for line in lines))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _grid_ok(grid, done: int = 0) -> str:
+    o = aj.grid_overview(grid)
+    steps = " / ".join(str(s) for s in o["steps"])
+    text = (f"Grid OK: {_code(o['name'])}: {_plural(o['variants'], 'variant')} x {_plural(len(o['tasks']), 'task')} "
+            f"({', '.join(o['tasks'])}) x {_plural(len(o['seeds']), 'seed')} = **{_plural(o['cells'], 'cell')}** of "
+            f"{steps} steps ({o['total_steps']:,} steps in all). Press **Run**.")
+    if done:
+        text += f"\n\n{done} of {o['cells']} cells are already done in its folder: **Run** resumes it."
+    return text + "\n\n" + "\n".join(f"- {_code(name)}: {' · '.join(layers)}" for name, layers in o["layers"].items())
+
+
+def _ablate_status(snap: dict | None) -> str:
+    if snap is None:
+        return "No ablation is running. Build a grid and press **Run**, or load one below."
+    head = f"### Ablation {_code(snap['folder'])}: {snap['status']}"
+    done, total = snap["cells_done"], snap["cells_total"]
+    body = f"**{done} of {total} cells done**"
+    if snap["done_before"]:
+        body += f" ({snap['done_before']} from an earlier run: resumed)"
+    if snap["cell"] is not None:
+        step = f"step {snap['step']} of {snap['steps']}"
+        if snap["loss"] is not None:
+            step += f", loss {snap['loss']:.4f}, accuracy {snap['accuracy']:.3f}"
+        where = "interrupted" if snap["status"] == "stopped" else "now"
+        body += f"; {where}: {_code(snap['cell'])}, {step}"
+    elif snap["status"] == "running":
+        body += "; preparing the next cell"
+    body += f". {snap['seconds']:.0f} s."
+    if snap["status"] == "stopped":
+        body += ("\n\nStopped: the finished cells are kept and the interrupted cell keeps its checkpoint. "
+                 "Press **Run** with the same grid to resume.")
+    elif snap["status"] == "finished":
+        body += "\n\nFinished. The ablation is in the list below (figures saved in its `figures/` folder)."
+    if snap["error"]:
+        body += "\n\n" + _error("The ablation failed", snap["error"])
+    return f"{head}\n\n{body}"
+
+
+def _summary_frame(table) -> pd.DataFrame:
+    header, rows = aj.summary_table(table)
+    return pd.DataFrame(rows, columns=header)
+
+
+def _safe_figure(table, choice=None):
+    """(figure or None, a note when the figure cannot be drawn)."""
+    try:
+        return aj.comparison_figure(table, choice), ""
+    except Exception as err:  # the table still shows
+        log.info("ablation figure skipped", exc_info=True)
+        return None, f"\n\nThe figure cannot be drawn: {_code(f'{type(err).__name__}: {err}')}"
+
+
+def _no_load_update() -> tuple:
+    """Updates that leave the Load view as it is."""
+    return gr.Markdown(), gr.Plot(), gr.Dataframe(), gr.Dropdown()
+
+
+def make_ablate_handlers(studio: Studio):
+    def folders_update(user: str, value=None, keep: bool = False):
+        """The user's ablations as the Load list: selecting `value`, or (keep) leaving the selection alone."""
+        choices = aj.ablation_folders(studio.runs_root, user, studio.results_root)
+        if keep:
+            return gr.Dropdown(choices=choices)
+        return gr.Dropdown(choices=choices, value=value if value in choices else None)
+
+    def build_grid(user_id, base, spec_text, fmt, mixers, configurations, ratios, standard, tasks, mqar_seq_len,
+                   mqar_pairs, text_seq_len, seeds, steps, batch_size, lr, d_model, n_layers, name,
+                   request: gr.Request):
+        """The grid the choices describe (YAML) and its check."""
+        try:
+            base_dict = aj.base_spec(base, spec_text, fmt)
+            label = "compose" if base == aj.COMPOSE_BASE else base
+            grid = aj.build_grid(base_dict, mixers, configurations, ratios, bool(standard), tasks,
+                                 int(mqar_seq_len or 0), int(mqar_pairs or 0), int(text_seq_len or 0), int(seeds or 1),
+                                 int(steps or 0), int(batch_size or 0), float(lr or 0), int(d_model or 0),
+                                 int(n_layers or 0), name or "", label)
+        except SpecError as err:
+            return gr.Code(), _spec_error(err, "build the grid again (the base is the spec in Compose)")
+        except ValueError as err:
+            return gr.Code(), _error("Cannot build the grid", str(err))
+        except Exception as err:
+            return gr.Code(), _unexpected(err, "building the grid")
+        text = aj.grid_yaml(grid)
+        return gr.Code(value=text), check_grid(user_id, text, request)
+
+    def check_grid(user_id, text, request: gr.Request):
+        """Live validation of the grid text: GridError's lines, or what it will train."""
+        user = studio.user(user_id, request)
+        try:
+            grid = aj.check_grid(text)
+        except aj.GridError as err:
+            return _grid_error(err)
+        except Exception as err:
+            return _unexpected(err, "checking the grid")
+        try:
+            out = aj.ablation_dir(studio.runs_root, user, grid.name, create=False)
+            done = aj.cells_done(grid, out) if out.is_dir() else 0
+        except (ValueError, OSError):
+            done = 0
+        return _grid_ok(grid, done)
+
+    def live(user: str, force: bool, shown):
+        """(status, figure, table, timer, shown, folders, *the Load view) of the user's ablation; the figure
+        and table only when they changed since `shown` (a redrawn plot flickers). Once it has ended, the Load
+        view shows its folder."""
+        job = studio.ablations.get(user)
+        if job is None:
+            return (_ablate_status(None), None if force else gr.Plot(),
+                    _summary_frame(None) if force else gr.Dataframe(), gr.Timer(active=False), shown, gr.Dropdown(),
+                    *_no_load_update())
+        snap = job.snapshot()
+        table = job.table()
+        version = (job.out_dir.name, snap["cells_done"], snap["status"], job.started)
+        running = job.running
+        status = _ablate_status(snap)
+        changed = force or version != shown
+        if changed:
+            figure, note = _safe_figure(table)
+            plot, frame = figure, _summary_frame(table)
+            status += note
+        else:
+            plot, frame = gr.Plot(), gr.Dataframe()
+        if running or not changed:
+            folders, loaded = gr.Dropdown(), _no_load_update()
+        else:
+            folders, loaded = folders_update(user, job.out_dir.name), load_view(user, job.out_dir.name)
+        return status, plot, frame, gr.Timer(active=running), version, folders, *loaded
+
+    def run_ablation(user_id, text, request: gr.Request):
+        """Check the grid and start (or resume) it in the background; the timer then polls it."""
+        user = studio.user(user_id, request)
+        try:
+            grid = aj.check_grid(text)
+            out = aj.ablation_dir(studio.runs_root, user, grid.name)
+            changed = aj.changed_cells(grid, out)
+            if changed:
+                more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+                raise ValueError(f"the folder {out.name!r} holds cells run with another definition of this grid "
+                                 f"({', '.join(changed[:3])}{more}); give the grid another `name` (a new folder), "
+                                 "or load the old results below")
+            studio.ablations.start(user, grid, out)
+        except aj.GridError as err:
+            return (_grid_error(err, "press **Run** again"), None, None, gr.Timer(active=False), None, gr.Dropdown(),
+                    *_no_load_update())
+        except ValueError as err:  # AblationBusy, a changed folder, a bad folder
+            return (_error("Cannot run the ablation", str(err)), gr.Plot(), gr.Dataframe(), gr.Timer(), None,
+                    gr.Dropdown(), *_no_load_update())
+        except Exception as err:
+            return (_unexpected(err, "starting the ablation"), None, None, gr.Timer(active=False), None,
+                    gr.Dropdown(), *_no_load_update())
+        status, plot, frame, timer, shown, *_ = live(user, True, None)
+        return (status, plot, frame, gr.Timer(active=True), shown, folders_update(user, keep=True), *_no_load_update())
+
+    def tick(user_id, shown, request: gr.Request):
+        return live(studio.user(user_id, request), False, shown)
+
+    def poll(user_id, request: gr.Request):
+        """The user's ablation now: status, comparison figure, summary table (and the timer's state)."""
+        status, plot, frame, timer, *_ = live(studio.user(user_id, request), True, None)
+        return status, plot, frame, timer
+
+    def stop(user_id, request: gr.Request):
+        """Stop after the current step: finished cells stay, the interrupted cell keeps its checkpoint."""
+        user = studio.user(user_id, request)
+        job = studio.ablations.get(user)
+        if job is None or not job.running:
+            return ("No ablation of yours is running.", gr.Plot(), gr.Dataframe(), gr.Timer(), gr.Dropdown(),
+                    *_no_load_update())
+        job.stop()
+        job.wait(300)
+        status, plot, frame, timer, _, *rest = live(user, True, None)
+        return status, plot, frame, timer, *rest
+
+    def list_folders(user_id, request: gr.Request):
+        user = studio.user(user_id, request)
+        choices = aj.ablation_folders(studio.runs_root, user, studio.results_root)
+        return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
+
+    def _load(user: str, label: str):
+        path = aj.resolve_folder(label, studio.runs_root, user, studio.results_root)
+        return aj.load_results(path)
+
+    def load(user_id, label, request: gr.Request):
+        """A finished (or partial) ablation of this user (or of results/): summary, figure, figure list."""
+        return load_view(studio.user(user_id, request), label)
+
+    def load_view(user: str, label: str):
+        empty = _summary_frame(None)
+        if not label:
+            return "No ablation chosen.", None, empty, gr.Dropdown(choices=[], value=None)
+        try:
+            path = aj.resolve_folder(label, studio.runs_root, user, studio.results_root)
+        except ValueError as err:
+            return _error("Cannot load this ablation", str(err)), None, empty, gr.Dropdown(choices=[], value=None)
+        try:
+            table = aj.load_results(path)
+            frame = _summary_frame(table)
+            info = aj.results_status(table)
+            choices = aj.figure_choices(table)
+        except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
+            return (_error("Cannot load this ablation", f"{label}: {err}. It may be corrupt, still empty, or "
+                           "deleted; pick another."), None, empty, gr.Dropdown(choices=[], value=None))
+        except Exception as err:
+            return _unexpected(err, "loading the ablation"), None, empty, gr.Dropdown(choices=[], value=None)
+        choice = aj.default_figure(table)
+        figure, note = _safe_figure(table, choice)
+        total = info["cells_total"]
+        done = (f"all {total} cells finished" if info["complete"] else
+                f"{info['cells_done']} of {total if total is not None else '?'} cells done (partial: run the same "
+                "grid again to finish it)")
+        text = (f"### Ablation {_code(label)}\n{done}; variants {', '.join(_code(v) for v in info['variants'])}; "
+                f"tasks {', '.join(_code(t) for t in info['tasks'])}.")
+        if info["diverged"]:
+            text += f" {info['diverged']} cell(s) diverged (no metrics)."
+        if info["figures"]:
+            text += f"\n\nSaved figures (in `figures/`): {', '.join(info['figures'])}."
+        return text + note, figure, frame, gr.Dropdown(choices=choices, value=choice)
+
+    def show_figure(user_id, label, choice, request: gr.Request):
+        try:
+            return aj.comparison_figure(_load(studio.user(user_id, request), label), choice)
+        except Exception:
+            log.info("ablation figure skipped", exc_info=True)
+            return gr.Plot()
+
+    return dict(build=build_grid, check=check_grid, run=run_ablation, tick=tick, poll=poll, stop=stop,
+                list=list_folders, load=load, figure=show_figure)
+
+
 # ---- Learn -------------------------------------------------------------------------------------
 def learn_compare(length, decay, window, feature_map, normalize, seed):
     try:
@@ -608,6 +863,114 @@ def _explore_tab(studio: Studio, user):
     return model, compare, model_choices
 
 
+def _ablate_tab(studio: Studio, user, editor, fmt):
+    from studio.configurations import CONFIGURATIONS
+    from studio.presets import PRESETS as BASES
+
+    d = ABLATE_DEFAULTS
+    with gr.Row():
+        with gr.Column(scale=2):
+            base = gr.Dropdown([aj.COMPOSE_BASE, *BASES], value=d["base"], label="Base architecture",
+                               elem_id="ablate-base")
+            with gr.Row():
+                d_model = gr.Number(d["d_model"], label="d_model (0: the base's)", precision=0, minimum=0,
+                                    maximum=4096, elem_id="ablate-d-model")
+                n_layers = gr.Number(d["n_layers"], label="Layers (0: the base's)", precision=0, minimum=0,
+                                     maximum=64, elem_id="ablate-n-layers")
+            mixers = gr.Dropdown(aj.variant_mixers(), value=d["mixers"], multiselect=True, label="Variant mixers",
+                                 info="design-principle variants first (arXiv 2510.11602), then linear recurrences",
+                                 elem_id="ablate-mixers")
+            configurations = gr.CheckboxGroup(list(CONFIGURATIONS), value=d["configurations"],
+                                              label="Configurations: which layers take the variant",
+                                              elem_id="ablate-configurations")
+            ratios = gr.CheckboxGroup(list(aj.RATIOS), value=d["ratios"], elem_id="ablate-ratios",
+                                      label="linear:softmax ratios (a variant mixer as the linear layer)")
+            standard = gr.Checkbox(d["standard"], label="Include the base as is (standard)", elem_id="ablate-standard")
+            tasks = gr.CheckboxGroup(list(aj.TASK_CHOICES), value=d["tasks"], label="Tasks", elem_id="ablate-tasks")
+            with gr.Row():
+                mqar_seq_len = gr.Number(d["mqar_seq_len"], label="MQAR length", precision=0, minimum=8,
+                                         maximum=aj.MAX_SEQ_LEN, elem_id="ablate-mqar-len")
+                mqar_pairs = gr.Number(d["mqar_pairs"], label="MQAR pairs", precision=0, minimum=1, maximum=512,
+                                       elem_id="ablate-mqar-pairs")
+                text_seq_len = gr.Number(d["text_seq_len"], label="Text length", precision=0, minimum=8,
+                                         maximum=aj.MAX_SEQ_LEN, elem_id="ablate-text-len")
+            with gr.Row():
+                seeds = gr.Slider(1, aj.MAX_SEEDS, value=d["seeds"], step=1, label="Seeds", elem_id="ablate-seeds")
+                steps = gr.Number(d["steps"], label="Steps per cell", precision=0, minimum=1, maximum=aj.MAX_STEPS,
+                                  elem_id="ablate-steps")
+            with gr.Row():
+                batch = gr.Number(d["batch_size"], label="Batch size", precision=0, minimum=1, maximum=aj.MAX_BATCH,
+                                  elem_id="ablate-batch")
+                lr = gr.Number(d["lr"], label="Learning rate", minimum=1e-6, maximum=1.0, elem_id="ablate-lr")
+            name = gr.Textbox(d["name"], label="Ablation name (blank: from the choices)", max_lines=1,
+                              elem_id="ablate-name")
+            build_btn = gr.Button("Build grid", elem_id="ablate-build")
+        with gr.Column(scale=3):
+            grid_text = gr.Code(_default_grid_text(), language="yaml", lines=18, max_lines=40, wrap_lines=True,
+                                label="Grid (YAML, editable; docs/ablations.md has every key)", elem_id="ablate-grid")
+            check = gr.Markdown(elem_id="ablate-check")
+            with gr.Row():
+                run_btn = gr.Button("Run", variant="primary", elem_id="ablate-run")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="ablate-stop")
+                refresh = gr.Button("Refresh", elem_id="ablate-refresh")
+            status = gr.Markdown(_ablate_status(None), elem_id="ablate-status")
+    plot = gr.Plot(label="Comparison (updates as cells finish)", elem_id="ablate-plot")
+    table = gr.Dataframe(_summary_frame(None), label="Summary over seeds", interactive=False, wrap=True,
+                         elem_id="ablate-table")
+    timer = gr.Timer(1.0, active=False)
+    shown = gr.State(None)
+    with gr.Accordion("Load an ablation (finished or partial)", open=True):
+        with gr.Row():
+            folders = gr.Dropdown([], label="Your ablations (and results/)", allow_custom_value=True, scale=3,
+                                  elem_id="ablate-folders")
+            figure = gr.Dropdown([], label="Figure", scale=2, elem_id="ablate-figure")
+            with gr.Column(scale=1, min_width=120):
+                load_btn = gr.Button("Load", variant="primary", elem_id="ablate-load")
+                list_btn = gr.Button("Refresh list", elem_id="ablate-list")
+        load_info = gr.Markdown(elem_id="ablate-load-info")
+        load_plot = gr.Plot(label="Figure", elem_id="ablate-load-plot")
+        load_table = gr.Dataframe(_summary_frame(None), label="Summary over seeds", interactive=False, wrap=True,
+                                  elem_id="ablate-load-table")
+
+    h = make_ablate_handlers(studio)
+    choices = [user, base, editor, fmt, mixers, configurations, ratios, standard, tasks, mqar_seq_len, mqar_pairs,
+               text_seq_len, seeds, steps, batch, lr, d_model, n_layers, name]
+    # one build at a time, in order: the grid shown is always the one of the latest choices
+    build_btn.click(h["build"], choices, [grid_text, check], api_name="ablate_build", concurrency_limit=1,
+                    concurrency_id="ablate_build")
+    for control in choices[1:]:
+        if control in (editor, fmt):
+            continue
+        control.input(h["build"], choices, [grid_text, check], trigger_mode="always_last", api_visibility="private",
+                      concurrency_limit=1, concurrency_id="ablate_build")
+    grid_text.input(h["check"], [user, grid_text], check, trigger_mode="always_last", api_name="ablate_validate")
+    load_out = [load_info, load_plot, load_table, figure]
+    live_out = [status, plot, table, timer, shown, folders, *load_out]
+    run_btn.click(h["run"], [user, grid_text], live_out, api_name="ablate_run")
+    timer.tick(h["tick"], [user, shown], live_out, api_visibility="private")
+    refresh.click(h["poll"], [user], [status, plot, table, timer], api_name="ablate_poll")
+    stop_btn.click(h["stop"], [user], [status, plot, table, timer, folders, *load_out], api_name="ablate_stop")
+    list_btn.click(h["list"], [user], folders, api_name="ablate_list").then(
+        h["load"], [user, folders], load_out, api_visibility="private")
+    load_btn.click(h["load"], [user, folders], load_out, api_name="ablate_load")
+    folders.input(h["load"], [user, folders], load_out, api_visibility="private")
+    figure.input(h["figure"], [user, folders, figure], load_plot, api_visibility="private")
+    return {"check": (h["check"], [user, grid_text], check), "poll": (h["tick"], [user, shown], live_out),
+            "list": (h["list"], [user], folders), "load": (h["load"], [user, folders], load_out)}
+
+
+def _default_grid_text() -> str:
+    d = ABLATE_DEFAULTS
+    try:
+        grid = aj.build_grid(aj.base_spec(d["base"]), d["mixers"], d["configurations"], d["ratios"], d["standard"],
+                             d["tasks"], d["mqar_seq_len"], d["mqar_pairs"], d["text_seq_len"], d["seeds"], d["steps"],
+                             d["batch_size"], d["lr"], label=d["base"])
+        return aj.grid_yaml(grid)
+    except Exception:  # the tab still opens; Build shows what is wrong
+        log.exception("the default ablation grid does not build")
+        return ""
+
+
 def _learn_tab():
     gr.Markdown("Attention on a handful of small random vectors: every matrix below is computed by the studio's "
                 "own mixers. Move a slider and everything is recomputed.")
@@ -665,9 +1028,12 @@ def _learn_tab():
 
 
 def build_app(runs_dir: str | Path = "runs/app", defaults: DefaultModels | None = None,
-              train_concurrency: int = 1) -> gr.Blocks:
-    """The Studio's Gradio app (not launched). Runs go to `runs_dir/<user id>/`."""
-    studio = Studio(runs_dir, defaults)
+              train_concurrency: int = 1, results_dir: str | Path | None = Path(__file__).resolve().parent / "results",
+              ablate_concurrency: int = 1) -> gr.Blocks:
+    """The Studio's Gradio app (not launched). Runs go to `runs_dir/<user id>/`, ablations to
+    `runs_dir/<user id>/ablations/`; ablations under `results_dir` (e.g. `studio ablate --out results/X`)
+    can be loaded by everyone."""
+    studio = Studio(runs_dir, defaults, results_dir, ablate_concurrency)
     studio.defaults.start()  # trains any missing default model in the background (first start only)
     with gr.Blocks(title="Hybrid Attention Studio") as demo:
         gr.Markdown("# Hybrid Attention Studio")
@@ -681,6 +1047,8 @@ def build_app(runs_dir: str | Path = "runs/app", defaults: DefaultModels | None 
                 runs, open_btn, refresh_runs = _train_tab(studio, user, editor, fmt, train_concurrency)
             with gr.Tab("Explore", id="explore"):
                 model, compare, model_choices = _explore_tab(studio, user)
+            with gr.Tab("Ablate", id="ablate"):
+                ablate_views = _ablate_tab(studio, user, editor, fmt)
             with gr.Tab("Learn", id="learn"):
                 learn_views = _learn_tab()
 
@@ -697,8 +1065,12 @@ def build_app(runs_dir: str | Path = "runs/app", defaults: DefaultModels | None 
             first, second = model_choices(user_id, request)
             return first, second, refresh_runs(user_id, request)
 
-        demo.load(None, None, user, js=USER_ID_JS).then(on_load, [user], [model, compare, runs],
-                                                          api_visibility="private")
+        loaded = demo.load(None, None, user, js=USER_ID_JS).then(on_load, [user], [model, compare, runs],
+                                                                   api_visibility="private")
+        # the Ablate tab: this user's ablations, and the live view of one still running (after a reload)
+        for fn, inputs, outputs in (ablate_views["list"], ablate_views["load"], ablate_views["poll"],
+                                    ablate_views["check"]):
+            loaded = loaded.then(fn, inputs, outputs, api_visibility="private")
         for fn, inputs, outputs in learn_views:
             demo.load(fn, inputs, outputs, api_visibility="private")
     demo.queue(default_concurrency_limit=4)
@@ -711,9 +1083,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--runs-dir", default="runs/app", help="where users' runs are saved (default runs/app)")
     parser.add_argument("--train-concurrency", type=int, default=1, help="training jobs at once (default 1)")
+    parser.add_argument("--ablate-concurrency", type=int, default=1, help="ablations at once, all users (default 1)")
+    parser.add_argument("--results-dir", default="results", help="ablations anyone can load (default results)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    build_app(args.runs_dir, train_concurrency=args.train_concurrency).launch(
+    build_app(args.runs_dir, train_concurrency=args.train_concurrency, results_dir=args.results_dir,
+              ablate_concurrency=args.ablate_concurrency).launch(
         server_name=args.host, server_port=args.port, allowed_paths=[])
 
 

@@ -49,8 +49,13 @@ def runs_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server_url(runs_root):
-    demo = app.build_app(runs_dir=runs_root)
+def results_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("app-results")
+
+
+@pytest.fixture(scope="module")
+def server_url(runs_root, results_root):
+    demo = app.build_app(runs_dir=runs_root, results_dir=results_root)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -317,6 +322,179 @@ def test_a_corrupt_run_gives_an_error_and_the_app_keeps_serving(client, runs_roo
     assert client.predict(VALID, "JSON", api_name="/validate").startswith("Spec OK")  # still serving
 
 
+# ---- the Ablate tab's API ------------------------------------------------------------------------------
+# A tiny grid: 2 variants (the base, and lightning in its odd layer) x tiny MQAR x 1 seed, a few steps of
+# a d_model 16, 2-layer model.
+TINY_ABLATION = {"base": "small-softmax", "spec": "", "mixers": ["lightning"], "configurations": ["hybrid"],
+                 "ratios": [], "standard": True, "tasks": ["mqar"], "mqar_seq_len": 16, "mqar_pairs": 2,
+                 "text_seq_len": 128, "seeds": 1, "steps": 6, "batch": 8, "lr": 3e-3, "d_model": 16, "n_layers": 2,
+                 "name": ""}
+TINY_GRID_YAML = """name: {name}
+base: {{d_model: 16, n_heads: 2, n_layers: 2, mlp_ratio: 2, pattern: S, pattern_map: {{S: softmax}}}}
+variants:
+  standard: {{train: {{steps: 3}}}}
+  hybrid-lightning: {{configuration: hybrid, layer: lightning, train: {{steps: {steps}, ckpt_every: 5000}}}}
+tasks:
+  - {{name: mqar, vocab_size: 32, seq_len: 16, num_pairs: 2}}
+train: {{steps: 3, batch_size: 4, eval_batches: 1}}
+"""
+
+
+def _ablate_build(client, **changes):
+    c = {**TINY_ABLATION, **changes}
+    grid, check = client.predict("", c["base"], c["spec"], "JSON", c["mixers"], c["configurations"], c["ratios"],
+                                 c["standard"], c["tasks"], c["mqar_seq_len"], c["mqar_pairs"], c["text_seq_len"],
+                                 c["seeds"], c["steps"], c["batch"], c["lr"], c["d_model"], c["n_layers"], c["name"],
+                                 api_name="/ablate_build")
+    return grid.get("value"), check
+
+
+def _ablate_wait(client) -> tuple:
+    """Poll until the user's ablation is no longer running (waiting on a condition, not timing it)."""
+    for _ in range(6000):
+        out = client.predict("", api_name="/ablate_poll")
+        if ": running" not in out[0] and ": stopping" not in out[0]:
+            return out
+        time.sleep(0.2)
+    raise AssertionError(f"the ablation never ended: {out[0]}")
+
+
+def _variants(table) -> list[str]:
+    return [row[0] for row in table["data"]]
+
+
+def test_ablate_build_and_validate_endpoints(client):
+    grid, check = _ablate_build(client, name="api-tiny")
+    assert "Grid OK" in check and "api-tiny" in check and "**2 cells**" in check
+    assert "`hybrid-lightning`: softmax · lightning" in check
+    import yaml
+
+    data = yaml.safe_load(grid)
+    assert list(data["variants"]) == ["standard", "hybrid-lightning"] and data["base"]["d_model"] == 16
+    assert data["tasks"] == [{"name": "mqar", "seq_len": 16, "num_pairs": 2}] and data["train"]["steps"] == 6
+    _, check = _ablate_build(client, configurations=["hybrid", "top"])
+    assert "Grid error" in check and "configuration 'top' needs a base of at least 3 layers" in check
+    grid, check = _ablate_build(client, base=app.COMPOSE_SPEC, spec=BAD)
+    assert grid is None and "Spec error" in check and "n_heads=5" in check
+    grid, check = _ablate_build(client, base=app.COMPOSE_SPEC, spec=VALID, n_layers=0, d_model=0)
+    assert "Grid OK" in check and "compose-" in check and "lightning · lightning · lightning · softmax" in check
+
+    good = TINY_GRID_YAML.format(name="checked", steps=5)
+    assert client.predict("", good, api_name="/ablate_validate").startswith("Grid OK")
+    for text, message in (("a: [", "not valid YAML"),
+                          (good.replace("configuration: hybrid", "configuration: odd"), "unknown configuration 'odd'"),
+                          (good.replace("steps: 5,", "steps: 5000,"), "over the app's cap of 2000"),
+                          (good.replace("num_pairs: 2}", "num_pairs: 2}\n  - {name: text, corpus: /etc/passwd}"),
+                           "the app trains on pydoc or shakespeare"),
+                          ("/etc/passwd", "a grid is a mapping")):
+        message_shown = client.predict("", text, api_name="/ablate_validate")
+        assert "Grid error" in message_shown and message in message_shown and "Traceback" not in message_shown
+        assert "root:" not in message_shown  # never a file's content
+
+
+def test_ablate_runs_polls_and_loads(server_url, runs_root, results_root):
+    import shutil
+
+    import yaml
+
+    user = _new_client(server_url)
+    grid, check = _ablate_build(user, name="api-ablation")
+    assert "Grid OK" in check
+    status, *_ = user.predict("", grid, api_name="/ablate_run")
+    assert "Ablation `api-ablation`" in status
+    status, plot, table, timer = _ablate_wait(user)
+    assert "finished" in status and "2 of 2 cells done" in status and timer["active"] is False
+    assert _variants(table) == ["standard", "hybrid-lightning"] and "accuracy" in table["headers"]
+    figure = json.loads(plot["plot"])
+    assert [trace["name"] for trace in figure["data"]] == ["standard", "hybrid-lightning"]  # grouped bars
+    folder = runs_root / user.session_hash / "ablations" / "api-ablation"
+    assert (folder / "results.csv").is_file() and (folder / "figures" / "grouped_bars-accuracy.html").is_file()
+
+    assert "api-ablation" in [c[0] for c in user.predict("", api_name="/ablate_list")["choices"]]
+    info, plot, table, figures = user.predict("", "api-ablation", api_name="/ablate_load")
+    assert "all 2 cells finished" in info and _variants(table) == ["standard", "hybrid-lightning"]
+    assert plot is not None and figures["value"] == "grouped_bars-accuracy"
+    assert "grouped_bars-loss" in [c[0] for c in figures["choices"]]
+
+    # a results/ folder under the repository (here the server's results_dir) is listed for everyone
+    shutil.copytree(folder, results_root / "shared-ablation")
+    other = _new_client(server_url)
+    assert [c[0] for c in other.predict("", api_name="/ablate_list")["choices"]] == ["results/shared-ablation"]
+    info, _, table, _ = other.predict("", "results/shared-ablation", api_name="/ablate_load")
+    assert "all 2 cells finished" in info and _variants(table) == ["standard", "hybrid-lightning"]
+    info, *_ = other.predict("", "api-ablation", api_name="/ablate_load")  # another user's: not theirs
+    assert "not an ablation you can open here" in info
+
+    # the same grid again: nothing to train, it says so; a changed grid under the same name is refused
+    assert "2 of 2 cells are already done" in user.predict("", grid, api_name="/ablate_validate")
+    user.predict("", grid, api_name="/ablate_run")
+    status, *_ = _ablate_wait(user)
+    assert "finished" in status and "2 from an earlier run" in status
+    changed = yaml.safe_dump({**yaml.safe_load(grid), "train": {**yaml.safe_load(grid)["train"], "lr": 0.001}},
+                             sort_keys=False)
+    status, *_ = user.predict("", changed, api_name="/ablate_run")
+    assert "Cannot run the ablation" in status and "another definition" in status and "another `name`" in status
+    assert len(json.loads((folder / "results.json").read_text())["rows"]) == 2  # nothing was lost
+
+
+def test_ablate_stop_keeps_cells_and_run_resumes(server_url, runs_root):
+    user, other = _new_client(server_url), _new_client(server_url)
+    grid = TINY_GRID_YAML.format(name="api-stop", steps=400)
+    status, *_ = user.predict("", grid, api_name="/ablate_run")
+    assert "Ablation `api-stop`" in status
+    folder = runs_root / user.session_hash / "ablations" / "api-stop"
+    cell = folder / "cells" / "hybrid-lightning__mqar__seed0"
+    for _ in range(6000):  # waiting for the second cell's first step, not timing it
+        if (cell / "metrics.jsonl").is_file() and (cell / "metrics.jsonl").read_text().strip():
+            break
+        time.sleep(0.05)
+    status, *_ = user.predict("", grid, api_name="/ablate_run")
+    assert "Cannot run the ablation" in status and "still running" in status
+    status, *_ = other.predict("", TINY_GRID_YAML.format(name="other", steps=3), api_name="/ablate_run")
+    assert "Cannot run the ablation" in status and "running 1 ablation" in status
+
+    status, plot, table, timer, folders, info, *_ = user.predict("", api_name="/ablate_stop")
+    assert "stopped" in status and "1 of 2 cells done" in status and "interrupted" in status and "resume" in status
+    assert _variants(table) == ["standard"] and timer["active"] is False and folders["value"] == "api-stop"
+    assert "1 of 2 cells done (partial" in info  # the Load view shows the stopped ablation
+    record = json.loads((cell / "run.json").read_text())
+    assert record["status"] == "stopped" and 1 <= record["step"] < 400
+    assert (cell / record["last_checkpoint"] / "model.safetensors").is_file()
+    assert (folder / "cells" / "standard__mqar__seed0" / "result.json").is_file()
+    assert "No ablation of yours is running" in user.predict("", api_name="/ablate_stop")[0]
+    info, _, table, _ = user.predict("", "api-stop", api_name="/ablate_load")  # a partial ablation loads too
+    assert "1 of 2 cells done (partial" in info and _variants(table) == ["standard"]
+
+    status, *_ = user.predict("", grid, api_name="/ablate_run")  # Run again: resumes
+    assert "1 from an earlier run: resumed" in status
+    status, _, table, _ = _ablate_wait(user)
+    assert "finished" in status and _variants(table) == ["standard", "hybrid-lightning"]
+    row = json.loads((cell / "result.json").read_text())
+    assert row["resumed"] is True and row["steps"] == 400
+
+
+def test_ablate_load_errors_show_and_the_app_keeps_serving(client, runs_root):
+    from studio.ablate import RESULTS_FORMAT
+
+    mine = runs_root / client.session_hash / "ablations"
+    for name, content in (("corrupt", "{ not json"), ("wrong-format", json.dumps({"format": "x", "rows": []})),
+                          ("bad-rows", json.dumps({"format": RESULTS_FORMAT, "rows": [{"x": 1}]}))):
+        (mine / name).mkdir(parents=True)
+        (mine / name / "results.json").write_text(content)
+    (mine / "empty").mkdir()
+    (mine / "empty" / "grid.yaml").write_text("name: empty\n")
+    for label, message in (("corrupt", "Expecting property name"), ("wrong-format", "not an ablation results file"),
+                           ("bad-rows", "'variant'"), ("empty", "no ablation results"),
+                           ("../../etc", "not an ablation you can open here"),
+                           ("results/../../etc", "not an ablation you can open here")):
+        info, plot, table, _ = client.predict("", label, api_name="/ablate_load")
+        assert "Cannot load this ablation" in info and message in info, (label, info)
+        assert plot is None and "Traceback" not in info
+    assert client.predict("", "", api_name="/ablate_load")[0] == "No ablation chosen."
+    assert (mine / "corrupt" / "results.json").read_text() == "{ not json"  # never removed or rewritten
+    assert client.predict(VALID, "JSON", api_name="/validate").startswith("Spec OK")  # still serving
+
+
 # ---- the page ----------------------------------------------------------------------------------------
 def _browser(p):
     if not os.path.exists(CHROMIUM):
@@ -477,6 +655,63 @@ def test_page_learn_draws_every_view(page):
     for name in ("softmax", "sliding_window", "linear", "lightning"):
         expect(page.locator("#learn-gallery")).to_contain_text(name)
     _screenshot(page, "learn")
+
+
+@pytest.mark.browser
+def test_page_ablate_runs_a_grid_and_loads_it(page):
+    """Build a tiny grid from the choices, run it, watch the chart and the summary fill in, load the
+    finished folder back, and see an invalid grid's error."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Ablate").click()
+    page.locator("#ablate-mixers .token", has_text="mlp_mixing").locator(".token-remove").click()
+    for field, value in (("d-model", "16"), ("n-layers", "2"), ("mqar-len", "16"), ("mqar-pairs", "2"),
+                         ("steps", "8"), ("batch", "8")):
+        page.locator(f"#ablate-{field} input").fill(value)
+    page.locator("#ablate-name input").fill("browser-ablation")
+    page.locator("#ablate-build").click()
+    check = page.locator("#ablate-check")
+    expect(check).to_contain_text("browser-ablation", timeout=TIMEOUT_MS)
+    expect(check).to_contain_text("2 variants x 1 task (mqar) x 1 seed = 2 cells of 8 steps")
+    expect(page.locator("#ablate-grid")).to_contain_text("hybrid-lightning")
+
+    page.locator("#ablate-run").click()
+    status = page.locator("#ablate-status")
+    expect(status).to_contain_text("Ablation browser-ablation", timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("finished", timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("2 of 2 cells done")
+    page.wait_for_selector("#ablate-plot .js-plotly-plot", timeout=TIMEOUT_MS)
+    for variant in ("standard", "hybrid-lightning"):
+        expect(page.locator("#ablate-table")).to_contain_text(variant, timeout=TIMEOUT_MS)
+        expect(page.locator("#ablate-plot")).to_contain_text(variant)
+    _screenshot(page, "ablate")
+
+    # the finished ablation in the Load view (shown when it ended), another figure of it, then loaded afresh
+    expect(page.locator("#ablate-folders input")).to_have_value("browser-ablation", timeout=TIMEOUT_MS)
+    expect(page.locator("#ablate-load-info")).to_contain_text("all 2 cells finished", timeout=TIMEOUT_MS)
+    load_plot = page.locator("#ablate-load-plot")
+    page.locator("#ablate-figure input").click()
+    page.get_by_role("option", name="grouped_bars-loss").click()
+    expect(load_plot).to_contain_text("held-out loss", timeout=TIMEOUT_MS)
+    page.locator("#ablate-folders input").click()
+    page.get_by_role("option", name="browser-ablation").click()
+    page.locator("#ablate-load").click()
+    expect(page.locator("#ablate-figure input")).to_have_value("grouped_bars-accuracy", timeout=TIMEOUT_MS)
+    expect(load_plot).to_contain_text("held-out accuracy", timeout=TIMEOUT_MS)
+    expect(page.locator("#ablate-load-info")).to_contain_text("all 2 cells finished")
+    for variant in ("standard", "hybrid-lightning"):
+        expect(page.locator("#ablate-load-table")).to_contain_text(variant)
+    _screenshot(page, "ablate-load")
+
+    editor = page.locator("#ablate-grid .cm-content")
+    editor.click()
+    page.keyboard.press("ControlOrMeta+A")
+    page.keyboard.insert_text(TINY_GRID_YAML.format(name="bad", steps=5).replace("hybrid", "odd"))
+    expect(check).to_contain_text("unknown configuration 'odd'", timeout=TIMEOUT_MS)  # live, before Run
+    page.locator("#ablate-run").click()
+    expect(status).to_contain_text("Grid error", timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("unknown configuration 'odd'")
+    expect(page.locator("body")).not_to_contain_text("Traceback")
 
 
 @pytest.mark.browser
