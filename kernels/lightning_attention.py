@@ -455,7 +455,7 @@ def _bth(x: torch.Tensor) -> tuple[int, int, int]:
 
 class _LightningAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, gate, log_decay, initial_state, cu_seqlens, scale, chunk, segment_len, need_final):
+    def forward(ctx, q, k, v, gate, log_decay, initial_state, cu_seqlens, scale, chunk, segment_len):
         plan = _Plan(q, v, gate, cu_seqlens, chunk, segment_len)
         h = plan.h
         o = torch.empty((plan.b, plan.t, h, plan.dv), dtype=q.dtype, device=q.device)
@@ -530,7 +530,7 @@ class _LightningAttention(torch.autograd.Function):
             d_gate = d_g if needs_gate else None
             d_log_decay = d_g.sum((0, 1)) if needs_decay else None
         return (dq, dk, dv, d_gate, d_log_decay, dh0 if initial_state is not None else None,
-                None, None, None, None, None)
+                None, None, None, None)
 
 
 def _cumulative_gate_grad(d_cum, final, d_final, cu_seqlens):
@@ -638,5 +638,5 @@ def lightning_attention(
     if gate is not None:
         gate = gate.to(torch.float32)
     o, final = _LightningAttention.apply(q, k, v, gate, log_decay, initial_state, cu_seqlens, float(scale),
-                                         chunk_size, segment_len, output_final_state)
+                                         chunk_size, segment_len)
     return o, (final if output_final_state else None)

@@ -331,14 +331,7 @@ def _read_source(source: Any) -> tuple[dict, str, str]:
         text = source
     else:
         raise GridError([f"a grid is a dict, a file path or YAML text, got {type(source).__name__}"])
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise GridError([f"not valid YAML: {err}"]) from None
-    if not isinstance(data, dict):
-        raise GridError([f"a grid file holds a mapping (name, base, variants, tasks, seeds, train), got "
-                         f"{type(data).__name__}"])
-    return data, text, name
+    return parse_grid_text(text), text, name
 
 
 def _check_train(opts: Any, where: str, problems: list[str], need_steps: bool = False) -> dict:
@@ -382,6 +375,18 @@ def _check_train(opts: Any, where: str, problems: list[str], need_steps: bool = 
     if need_steps and "steps" not in out:
         problems.append(f"{where}.steps: required: the optimizer steps of every cell, e.g. train: {{steps: 600}}")
     return out
+
+
+def parse_grid_text(text: str) -> dict:
+    """A grid's YAML (or JSON) text -> its mapping; GridError when it is not YAML or not a mapping."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise GridError([f"not valid YAML: {err}"]) from None
+    if not isinstance(data, dict):
+        raise GridError([f"a grid is a mapping (name, base, variants, tasks, seeds, train), got "
+                         f"{type(data).__name__}"])
+    return data
 
 
 def _parse_variant(name: Any, raw: Any, problems: list[str]) -> Variant | None:

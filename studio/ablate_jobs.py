@@ -29,9 +29,10 @@ from typing import Any
 
 import yaml
 
-from studio.ablate import DONE, FIGURE_KINDS, METRICS, Grid, GridError, ResultsTable, load_grid, load_results, run_grid
+from studio.ablate import (DONE, FIGURE_KINDS, METRICS, Grid, GridError, ResultsTable, load_grid, load_results,
+                           parse_grid_text, run_grid)
 from studio.configurations import parse_ratio
-from studio.training_jobs import inside, run_name, user_dir
+from studio.training_jobs import BackgroundJob, inside, run_name, user_dir
 
 __all__ = ["AblationBusy", "AblationJob", "AblationJobs", "build_grid", "base_spec", "grid_yaml", "check_grid",
            "grid_overview", "ablations_root", "ablation_dir", "ablation_folders", "resolve_folder", "changed_cells",
@@ -227,13 +228,7 @@ def check_grid(text: str) -> Grid:
         raise GridError(["the grid is empty; build one from the choices above or write one (docs/ablations.md)"])
     if len(text) > MAX_GRID_CHARS:
         raise GridError([f"the grid text is {len(text):,} characters, over the app's cap of {MAX_GRID_CHARS:,}"])
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise GridError([f"not valid YAML: {err}"]) from None
-    if not isinstance(data, dict):
-        raise GridError([f"a grid is a mapping (name, base, variants, tasks, seeds, train), got "
-                         f"{type(data).__name__}"])
+    data = parse_grid_text(text)
     if _count(data, MAX_GRID_NODES) > MAX_GRID_NODES:
         raise GridError([f"the grid holds more than {MAX_GRID_NODES:,} values (with its YAML aliases expanded)"])
     problems = [] if data.get("name") else [
@@ -362,7 +357,7 @@ class AblationBusy(ValueError):
 
 
 @dataclass
-class AblationJob:
+class AblationJob(BackgroundJob):
     """`run_grid(grid, out_dir)` in a daemon thread. `snapshot()` says where it is; `stop()` ends it after
     the current training step (the interrupted cell keeps a checkpoint; running the grid again resumes)."""
 
@@ -408,18 +403,6 @@ class AblationJob:
             self.error = f"{type(err).__name__}: {err}"
         finally:
             self.ended = time.monotonic()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return not self.running
 
     def table(self) -> ResultsTable | None:
         """The results so far (results.json, rewritten after every cell), or None before the first."""

@@ -54,8 +54,26 @@ def user_runs(folder: Path) -> list[Path]:
     return sorted(runs, key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
 
 
+class BackgroundJob:
+    """Stop / running / wait of a job whose `_thread` (a threading.Thread, or None before it starts) runs
+    it and whose `_stop` event asks it to end. No annotations here: the subclasses are dataclasses."""
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def running(self) -> bool:
+        thread = getattr(self, "_thread", None)
+        return thread is not None and thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if getattr(self, "_thread", None) is not None:
+            self._thread.join(timeout)
+        return not self.running
+
+
 @dataclass
-class TrainingJob:
+class TrainingJob(BackgroundJob):
     """`train(spec, task, steps, out_dir, **opts)` in a daemon thread. `records` grows with every step's
     metrics; `stop()` asks the trainer to stop after the current step (it writes a checkpoint first)."""
 
@@ -87,18 +105,6 @@ class TrainingJob:
                   task_args=self.task_args, progress=False, **self.opts)
         except Exception as err:  # shown in the page; the run directory keeps what was saved
             self.error = f"{type(err).__name__}: {err}"
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return not self.running
 
     @property
     def status(self) -> str:
