@@ -36,6 +36,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 __all__ = ["lightning_attention"]
 
@@ -84,6 +85,14 @@ def _load(ptr, rows, cend, cols, n_cols, st):
 
 
 @triton.jit
+def _operand(x, FP32_DOTS: tl.constexpr):
+    """x as a dot operand: as loaded, or float32 when the gate gradients need float32 products."""
+    if FP32_DOTS:
+        return x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _store(ptr, x, rows, cend, cols, n_cols, st):
     mask = (rows[:, None] < cend) & (cols[None, :] < n_cols)
     tl.store(ptr + rows[:, None] * st + cols[None, :], x.to(ptr.dtype.element_ty), mask=mask)
@@ -95,7 +104,7 @@ def _segment_state_kernel(a_ptr, b_ptr, g_ptr, ld_ptr, out_ptr, total_ptr, seg_p
                           sab, sat, sah, sbb, sbt, sbh, sgb, sgt, sgh, scale, H,
                           K: tl.constexpr, V: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
                           BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, HAS_GATE: tl.constexpr,
-                          REVERSE: tl.constexpr, PRECISION: tl.constexpr):
+                          REVERSE: tl.constexpr, PRECISION: tl.constexpr, FP32_DOTS: tl.constexpr = False):
     """Forward (a, b = k, v): X = sum_t exp(G_end - G_t) k_t v_t^T over the segment, from a zero state.
     REVERSE (a, b = q, dO): X = sum_t exp(G_t - G_start) scale q_t dO_t^T (G inclusive), walking backwards.
     Also the segment's total log decay (written by the (0, 0) tile)."""
@@ -121,8 +130,8 @@ def _segment_state_kernel(a_ptr, b_ptr, g_ptr, ld_ptr, out_ptr, total_ptr, seg_p
         rows = t0 + offs_c
         cend = tl.minimum(t0 + CHUNK, end)
         gc, g_last = _gates(g_ptr, ld, g_base, rows, cend, sgt, HAS_GATE)
-        a = _load(a_base, rows, cend, offs_k, K, sat)
-        b = _load(b_base, rows, cend, offs_v, V, sbt)
+        a = _operand(_load(a_base, rows, cend, offs_k, K, sat), FP32_DOTS)
+        b = _operand(_load(b_base, rows, cend, offs_v, V, sbt), FP32_DOTS)
         if REVERSE:
             w = tl.exp(gc) * scale
         else:
@@ -182,8 +191,9 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, ld_ptr, o_ptr, init_ptr, final_ptr, 
                 sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, sgb, sgt, sgh, scale, H,
                 K: tl.constexpr, V: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
                 BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, HAS_GATE: tl.constexpr, INIT: tl.constexpr,
-                STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr):
-    """grid (V / BLOCK_V, segments * H): O for this tile of d_v; the state S [K, BLOCK_V] in registers."""
+                STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr, FP32_STATE: tl.constexpr = False):
+    """grid (V / BLOCK_V, segments * H): O for this tile of d_v; the state S [K, BLOCK_V] in registers.
+    FP32_STATE: the state update takes float32 operands and float32-accurate products."""
     i_v, i_sh = tl.program_id(0), tl.program_id(1)
     seg, h = i_sh // H, i_sh % H
     bat, seq, start, end, flags = _segment(seg_ptr, seg)
@@ -209,8 +219,12 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, ld_ptr, o_ptr, init_ptr, final_ptr, 
         o = tl.dot(scores.to(v.dtype), v, input_precision=PRECISION)
         o += tl.dot((q * (tl.exp(gc) * scale)[:, None]).to(q.dtype), s.to(q.dtype), input_precision=PRECISION)
         _store(o_base, o, rows, cend, offs_v, V, sot)
-        k_w = (k * tl.exp(g_last - gc)[:, None]).to(k.dtype)
-        s = s * tl.exp(g_last) + tl.dot(tl.trans(k_w), v, input_precision=PRECISION)
+        if FP32_STATE:
+            k_w = k.to(tl.float32) * tl.exp(g_last - gc)[:, None]
+            s = s * tl.exp(g_last) + tl.dot(tl.trans(k_w), v.to(tl.float32), input_precision="tf32x3")
+        else:
+            k_w = (k * tl.exp(g_last - gc)[:, None]).to(k.dtype)
+            s = s * tl.exp(g_last) + tl.dot(tl.trans(k_w), v, input_precision=PRECISION)
     if STORE_FINAL:
         if (flags & 2) != 0:
             tl.store(final_ptr + (seq * H + h64) * K * V + offs_k[:, None] * V + offs_v[None, :], s,
@@ -223,7 +237,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, g_ptr, ld_ptr, dq_ptr, dg_ptr, init_
                dg_tile, dg_b, scale, H,
                K: tl.constexpr, V: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
                BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, HAS_GATE: tl.constexpr, INIT: tl.constexpr,
-               STORE_DG: tl.constexpr, PRECISION: tl.constexpr):
+               STORE_DG: tl.constexpr, PRECISION: tl.constexpr, FP32_DOTS: tl.constexpr = False):
     """grid (K / BLOCK_K, segments * H), forward in time with S [BLOCK_K, V]:
     dQ = scale ((dO V^T * D) K + (dO S^T) * a); with STORE_DG also this tile's part of q . dq (float32,
     before dq is rounded) into dg[tile, b, t, h]."""
@@ -245,9 +259,9 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, g_ptr, ld_ptr, dq_ptr, dg_ptr, init_
         rows = t0 + offs_c
         cend = tl.minimum(t0 + CHUNK, end)
         gc, g_last = _gates(g_ptr, ld, g_base, rows, cend, sgt, HAS_GATE)
-        k = _load(k_base, rows, cend, offs_k, K, skt)
-        v = _load(v_base, rows, cend, offs_v, V, svt)
-        do = _load(do_base, rows, cend, offs_v, V, sdot)
+        k = _operand(_load(k_base, rows, cend, offs_k, K, skt), FP32_DOTS)
+        v = _operand(_load(v_base, rows, cend, offs_v, V, svt), FP32_DOTS)
+        do = _operand(_load(do_base, rows, cend, offs_v, V, sdot), FP32_DOTS)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION) * (_intra_decay(gc, offs_c) * scale)
         dq = tl.dot(dp.to(k.dtype), k, input_precision=PRECISION)
         dq += tl.dot(do, tl.trans(s.to(do.dtype)), input_precision=PRECISION) * (tl.exp(gc) * scale)[:, None]
@@ -266,7 +280,7 @@ def _dk_kernel(q_ptr, k_ptr, v_ptr, do_ptr, g_ptr, ld_ptr, dk_ptr, dg_ptr, dinit
                dg_tile, dg_b, scale, H,
                K: tl.constexpr, V: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
                BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, HAS_GATE: tl.constexpr, INIT: tl.constexpr,
-               STORE_DG: tl.constexpr, PRECISION: tl.constexpr):
+               STORE_DG: tl.constexpr, PRECISION: tl.constexpr, FP32_DOTS: tl.constexpr = False):
     """grid (K / BLOCK_K, segments * H), backward in time carrying dS [BLOCK_K, V]:
     dK = scale (dO V^T * D)^T Q + (V dS^T) * b,   dS <- exp(G_C) dS + scale (Q * a)^T dO; with STORE_DG also
     this tile's part of k . dk into dg[tile, b, t, h]."""
@@ -290,9 +304,9 @@ def _dk_kernel(q_ptr, k_ptr, v_ptr, do_ptr, g_ptr, ld_ptr, dk_ptr, dg_ptr, dinit
         rows = t0 + offs_c
         cend = tl.minimum(t0 + CHUNK, end)
         gc, g_last = _gates(g_ptr, ld, g_base, rows, cend, sgt, HAS_GATE)
-        q = _load(q_base, rows, cend, offs_k, K, sqt)
-        v = _load(v_base, rows, cend, offs_v, V, svt)
-        do = _load(do_base, rows, cend, offs_v, V, sdot)
+        q = _operand(_load(q_base, rows, cend, offs_k, K, sqt), FP32_DOTS)
+        v = _operand(_load(v_base, rows, cend, offs_v, V, svt), FP32_DOTS)
+        do = _operand(_load(do_base, rows, cend, offs_v, V, sdot), FP32_DOTS)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION) * (_intra_decay(gc, offs_c) * scale)
         dk = tl.dot(tl.trans(dp.to(q.dtype)), q, input_precision=PRECISION)
         dk += tl.dot(v, tl.trans(ds.to(v.dtype)), input_precision=PRECISION) * tl.exp(g_last - gc)[:, None]
@@ -373,6 +387,29 @@ def _launch(block_k: int, block_v: int, chunk: int, kind: str) -> dict:
     return dict(num_warps=8 if big else 4, num_stages=2)
 
 
+# Pipeline stages that fit in shared memory where the tuned ones did not (float32 operands, wide heads), per
+# kernel and compile-time settings; filled by `_run` as it meets them.
+_STAGES_THAT_FIT: dict[tuple, int] = {}
+
+
+def _run(kernel, grid, *args, **meta) -> None:
+    """Launch `kernel[grid](*args, **meta)`; when its pipeline needs more shared memory than the GPU has,
+    retry with fewer stages (down to 1) and remember the count that fit for these settings."""
+    key = (kernel.fn.__name__, tuple(sorted((k, v) for k, v in meta.items() if k != "num_stages")),
+           tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+    if key in _STAGES_THAT_FIT:
+        meta["num_stages"] = _STAGES_THAT_FIT[key]
+    while True:
+        try:
+            kernel[grid](*args, **meta)
+            return
+        except OutOfResources:
+            stages = meta.get("num_stages", 3)
+            if INTERPRET or stages <= 1:
+                raise
+            meta["num_stages"] = _STAGES_THAT_FIT[key] = stages - 1
+
+
 def _device(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
@@ -427,20 +464,23 @@ class _Plan:
         self.tile_v = self.block_v if INTERPRET else min(self.block_v, TILE)
         self.precision = DOT_PRECISION[q.dtype]
 
-    def common(self, block_k, block_v, kind):
+    def common(self, block_k, block_v, kind, fp32_dots=False):
+        """Compile-time settings of one kernel; fp32_dots: float32 operands and float32-accurate products
+        (the gate gradients' q . dq - k . dk cancels: half-precision products lose it)."""
+        extra = dict(FP32_DOTS=True, PRECISION="tf32x3") if fp32_dots else dict(PRECISION=self.precision)
         return dict(K=self.dk, V=self.dv, CHUNK=self.chunk, BLOCK_C=self.block_c, BLOCK_K=block_k,
-                    BLOCK_V=block_v, PRECISION=self.precision, **_launch(block_k, block_v, self.chunk, kind))
+                    BLOCK_V=block_v, **extra, **_launch(block_k, block_v, self.chunk, kind))
 
-    def segment_states(self, a, b, gate, ld, scale, initial, reverse):
+    def segment_states(self, a, b, gate, ld, scale, initial, reverse, fp32_dots=False):
         """Steps 1-2: per segment, the state before it (forward) or dS after it (reverse), [S, H, K, V]."""
         h, n_seg = self.h, self.n_seg
         local = torch.empty((n_seg, h, self.dk, self.dv), dtype=torch.float32, device=a.device)
         total = torch.empty((n_seg, h), dtype=torch.float32, device=a.device)
         tk, tv = self.tile_k, self.tile_v
-        _segment_state_kernel[(triton.cdiv(self.dk, tk), triton.cdiv(self.dv, tv), n_seg * h)](
-            a, b, gate if gate is not None else ld, ld, local, total, self.seg,
-            *_bth(a), *_bth(b), *self.gate_strides, scale, h, HAS_GATE=gate is not None, REVERSE=reverse,
-            **self.common(tk, tv, "segment"))
+        _run(_segment_state_kernel, (triton.cdiv(self.dk, tk), triton.cdiv(self.dv, tv), n_seg * h),
+             a, b, gate if gate is not None else ld, ld, local, total, self.seg,
+             *_bth(a), *_bth(b), *self.gate_strides, scale, h, HAS_GATE=gate is not None, REVERSE=reverse,
+             **self.common(tk, tv, "segment", fp32_dots))
         out = torch.empty_like(local)
         _segment_scan_kernel[(triton.cdiv(self.dk, tk), triton.cdiv(self.dv, tv), self.n_seq * h)](
             local, total, initial if initial is not None else local, out, self.seq, h,
@@ -463,16 +503,19 @@ class _LightningAttention(torch.autograd.Function):
         if initial_state is not None:
             final.copy_(initial_state)  # sequences of length 0 keep their state
         g = gate if gate is not None else log_decay
+        # gate gradients from half-precision inputs need the states to float32 accuracy (see backward)
+        fp32_state = (ctx.needs_input_grad[3] or ctx.needs_input_grad[4]) and q.dtype != torch.float32
         with _device(q):
             if plan.scanned:
-                init, mode = plan.segment_states(k, v, gate, log_decay, scale, initial_state, False), INIT_SEGMENT
+                init = plan.segment_states(k, v, gate, log_decay, scale, initial_state, False, fp32_state)
+                mode = INIT_SEGMENT
             else:
                 init, mode = initial_state, (INIT_SEQUENCE if initial_state is not None else INIT_NONE)
-            _fwd_kernel[(triton.cdiv(plan.dv, plan.tile_v), plan.n_seg * h)](
-                q, k, v, g, log_decay, o, init if init is not None else final, final, plan.seg,
-                *_bth(q), *_bth(k), *_bth(v), *_bth(o), *plan.gate_strides, scale, h,
-                HAS_GATE=gate is not None, INIT=mode, STORE_FINAL=True,
-                **plan.common(plan.block_k, plan.tile_v, "fwd"))
+            _run(_fwd_kernel, (triton.cdiv(plan.dv, plan.tile_v), plan.n_seg * h),
+                 q, k, v, g, log_decay, o, init if init is not None else final, final, plan.seg,
+                 *_bth(q), *_bth(k), *_bth(v), *_bth(o), *plan.gate_strides, scale, h,
+                 HAS_GATE=gate is not None, INIT=mode, STORE_FINAL=True, FP32_STATE=fp32_state,
+                 **plan.common(plan.block_k, plan.tile_v, "fwd"))
         ctx.save_for_backward(q, k, v, gate, log_decay, initial_state, init if plan.scanned else None, final)
         ctx.plan, ctx.scale, ctx.cu_seqlens = plan, scale, cu_seqlens
         return o, final
@@ -495,33 +538,37 @@ class _LightningAttention(torch.autograd.Function):
             dh0.copy_(d_final)  # sequences of length 0 pass the gradient through
         gstrides = plan.gate_strides
         flags = dict(HAS_GATE=gate is not None)
+        # q . dq and k . dk per d_k tile, in float32 before the gradients are rounded (gate gradients); with
+        # half-precision inputs the dq / dk loops (and the segment states they start from, and the forward's
+        # states) then take float32 operands: q . dq - k . dk cancels, and bf16 products left d log_decay
+        # 0.4 off on the H200
+        store_dg = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+        fp32_dots = store_dg and q.dtype != torch.float32
         with _device(q):
             if plan.scanned:
                 init, mode = seg_init, INIT_SEGMENT
-                dinit = plan.segment_states(q, d_o, gate, log_decay, scale, d_final, True)
+                dinit = plan.segment_states(q, d_o, gate, log_decay, scale, d_final, True, fp32_dots)
                 dmode = INIT_SEGMENT
             else:
                 init, mode = initial_state, (INIT_SEQUENCE if initial_state is not None else INIT_NONE)
                 dinit, dmode = d_final, (INIT_SEQUENCE if d_final is not None else INIT_NONE)
             grid_k = (triton.cdiv(plan.dk, plan.tile_k), plan.n_seg * h)
             grid_v = (triton.cdiv(plan.dv, plan.tile_v), plan.n_seg * h)
-            # q . dq and k . dk per d_k tile, in float32 before the gradients are rounded (gate gradients)
-            store_dg = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
             dg_q, dg_k = (torch.empty((grid_k[0], plan.b, plan.t, h) if store_dg else (1,), dtype=torch.float32,
                                       device=q.device) for _ in range(2))
             dg_args = (plan.b * plan.t * h, plan.t * h)
-            _dq_kernel[grid_k](
-                q, k, v, d_o, g, log_decay, dq, dg_q, init if init is not None else dq, plan.seg,
-                *_bth(q), *_bth(k), *_bth(v), *_bth(d_o), *gstrides, *_bth(dq), *dg_args, scale, h, INIT=mode,
-                STORE_DG=store_dg, **plan.common(plan.tile_k, plan.block_v, "dq"), **flags)
-            _dk_kernel[grid_k](
-                q, k, v, d_o, g, log_decay, dk, dg_k, dinit if dinit is not None else dk, plan.seg,
-                *_bth(q), *_bth(k), *_bth(v), *_bth(d_o), *gstrides, *_bth(dk), *dg_args, scale, h, INIT=dmode,
-                STORE_DG=store_dg, **plan.common(plan.tile_k, plan.block_v, "dk"), **flags)
-            _dv_kernel[grid_v](
-                q, k, d_o, g, log_decay, dv, dinit if dinit is not None else dv, dh0, plan.seg,
-                *_bth(q), *_bth(k), *_bth(d_o), *gstrides, *_bth(dv), scale, h, INIT=dmode, STORE_DH0=True,
-                **plan.common(plan.block_k, plan.tile_v, "dv"), **flags)
+            _run(_dq_kernel, grid_k,
+                 q, k, v, d_o, g, log_decay, dq, dg_q, init if init is not None else dq, plan.seg,
+                 *_bth(q), *_bth(k), *_bth(v), *_bth(d_o), *gstrides, *_bth(dq), *dg_args, scale, h, INIT=mode,
+                 STORE_DG=store_dg, **plan.common(plan.tile_k, plan.block_v, "dq", fp32_dots), **flags)
+            _run(_dk_kernel, grid_k,
+                 q, k, v, d_o, g, log_decay, dk, dg_k, dinit if dinit is not None else dk, plan.seg,
+                 *_bth(q), *_bth(k), *_bth(v), *_bth(d_o), *gstrides, *_bth(dk), *dg_args, scale, h, INIT=dmode,
+                 STORE_DG=store_dg, **plan.common(plan.tile_k, plan.block_v, "dk", fp32_dots), **flags)
+            _run(_dv_kernel, grid_v,
+                 q, k, d_o, g, log_decay, dv, dinit if dinit is not None else dv, dh0, plan.seg,
+                 *_bth(q), *_bth(k), *_bth(d_o), *gstrides, *_bth(dv), scale, h, INIT=dmode, STORE_DH0=True,
+                 **plan.common(plan.block_k, plan.tile_v, "dv"), **flags)
         d_gate = d_log_decay = None
         needs_gate, needs_decay = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         if needs_gate or needs_decay:
