@@ -53,7 +53,8 @@ interrupted grid has a first complete picture early. Each cell is a run director
 a cell with a checkpoint continues from it (`train(..., resume=True)`, which reproduces the uninterrupted
 run exactly); a cell whose definition changed since (its spec, task, steps, options or seed) is an error
 naming it, before anything trains. A cell whose loss diverges is recorded with status "diverged" and no
-metrics; the grid goes on.
+metrics; the grid goes on. A cell that raises (a bug, out of memory) keeps its error in cell.json and no result; the
+others still run, and `run_grid` then raises `CellsFailed` naming each (running again retries them).
 
 Outputs in OUT, refreshed after every cell: `results.csv` and `results.json` (tidy: one row per cell),
 `summary.csv` (mean, sample std and n over seeds per variant x task; std is empty with one seed), a copy
@@ -73,6 +74,7 @@ import os
 import re
 import shutil
 import time
+import traceback
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,7 +84,7 @@ import yaml
 
 from studio.configurations import CONFIGURATIONS, apply_configuration, expand_layers, parse_ratio, ratio_layers
 
-__all__ = ["Grid", "GridError", "Variant", "TaskEntry", "Cell", "ResultsTable", "load_grid", "run_grid",
+__all__ = ["Grid", "GridError", "CellsFailed", "Variant", "TaskEntry", "Cell", "ResultsTable", "load_grid", "run_grid",
            "load_results", "summarize_rows", "COLUMNS", "METRICS", "FIGURE_KINDS"]
 
 CELL_FORMAT = "hybrid-attention-studio/ablation-cell@1"
@@ -117,6 +119,18 @@ class GridError(ValueError):
         self.problems = list(problems)
         title = f"invalid ablation grid {name!r}" if name else "invalid ablation grid"
         super().__init__(title + ":\n  - " + "\n  - ".join(self.problems))
+
+
+class CellsFailed(RuntimeError):
+    """Cells that raised while training (not a divergence: a bug, a missing kernel, out of memory). The rest
+    of the grid ran; `errors` maps each cell to its error, `table` holds what finished. The failed cells
+    keep no result, so running the grid again retries them once the cause is fixed."""
+
+    def __init__(self, errors: dict[str, str], table: "ResultsTable"):
+        self.errors, self.table = dict(errors), table
+        super().__init__(f"{len(errors)} cell(s) failed; the other cells ran and finished cells are kept. Fix the "
+                         "cause and run the grid again to retry them:\n  - "
+                         + "\n  - ".join(f"{name}: {error}" for name, error in errors.items()))
 
 
 # ---- the grid ---------------------------------------------------------------------------------------
@@ -936,7 +950,7 @@ def run_grid(grid: Grid | dict | str | Path, out_dir: str | Path, progress: bool
     rows = _finished_rows(cells, cells_dir)
     table = _write_outputs(out, grid, rows, len(cells))
     mine = {c.name for i, c in enumerate(cells) if shard is None or i % shard[1] == shard[0]}
-    trained = 0
+    trained, errors = 0, {}
     bar = tqdm(total=len(cells), initial=len(rows), disable=not progress, desc=f"ablate {grid.name}", unit="cell",
                dynamic_ncols=True)
     try:
@@ -946,8 +960,14 @@ def run_grid(grid: Grid | dict | str | Path, out_dir: str | Path, progress: bool
             if max_cells is not None and trained >= max_cells:
                 break
             bar.set_postfix_str(cell.name)
-            row = _run_cell(cell, cells_dir / cell.name, device, callback)
             trained += 1
+            try:
+                row = _run_cell(cell, cells_dir / cell.name, device, callback)
+            except Exception as err:  # one broken cell does not stop the others; it runs again next time
+                errors[cell.name] = f"{type(err).__name__}: {err}"
+                _note_error(cells_dir / cell.name, errors[cell.name], traceback.format_exc())
+                bar.write(f"cell {cell.name} failed ({errors[cell.name]}); going on with the others")
+                continue
             if row is None:
                 break
             rows = {**_finished_rows(cells, cells_dir), cell.name: row}  # other shards' cells too
@@ -959,4 +979,14 @@ def run_grid(grid: Grid | dict | str | Path, out_dir: str | Path, progress: bool
         from studio.ablate_figures import write_figures
 
         table.figures = write_figures(table, out / "figures", grid.figures, grid.metrics)
+    if errors:
+        raise CellsFailed(errors, table)
     return table
+
+
+def _note_error(cell_dir: Path, error: str, trace: str) -> None:
+    """Keep a failed cell's error (and traceback) in its cell.json, beside its definition."""
+    record = _read_json(cell_dir / "cell.json") or {}
+    record.update(error=error, traceback=trace)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    _write(cell_dir / "cell.json", json.dumps(record, indent=2, default=str) + "\n")

@@ -208,7 +208,7 @@ def _mean_std(row: dict, metric: str) -> str:
 
 
 def cmd_ablate(args) -> int:
-    from studio.ablate import load_grid, run_grid
+    from studio.ablate import CellsFailed, load_grid, run_grid
 
     grid = load_grid(args.grid)
     cells = grid.cells()
@@ -231,10 +231,15 @@ def cmd_ablate(args) -> int:
     if args.workers is not None:
         if args.workers < 1 or shard is not None or args.max_cells is not None:
             raise ValueError("--workers needs a count >= 1 and goes without --shard and --max-cells")
-        _ablate_workers(args)
+        failure = _ablate_workers(args)
         args.max_cells = 0  # below: only collect the workers' cells into the tables and figures
-    table = run_grid(grid, args.out, progress=not args.no_progress, max_cells=args.max_cells, device=args.device,
-                     shard=shard)
+    else:
+        failure = None
+    try:
+        table = run_grid(grid, args.out, progress=not args.no_progress, max_cells=args.max_cells,
+                         device=args.device, shard=shard)
+    except CellsFailed as err:  # the table of what finished still prints
+        table, failure = err.table, err
     summary = table.summary()
     metrics = [m for m in grid.metrics if any(r.get(f"{m}_mean") is not None for r in summary)]
     header = ["variant", "task", "n", *(f"{m} (mean ± std)" for m in metrics), "params", "s / cell"]
@@ -248,12 +253,15 @@ def cmd_ablate(args) -> int:
         print(f"figures: {args.out}/figures/ ({', '.join(sorted(table.figures))})")
     if not table.complete:
         print(f"{len(cells) - len(table)} cell(s) left: run the same command again to continue")
+    if failure is not None:
+        raise failure
     return 0
 
 
-def _ablate_workers(args) -> None:
+def _ablate_workers(args) -> RuntimeError | None:
     """Run `args.workers` shards of the grid as child processes (one torch thread each unless --threads)
-    and wait for them; a failed worker is an error naming its shard (its finished cells are kept)."""
+    and wait for them; returns the error naming the failed workers, if any (their finished cells are kept,
+    and the other workers ran to the end)."""
     import subprocess
 
     base = [sys.executable, "-m", "studio", "ablate", args.grid, "--out", args.out, "--device", args.device,
@@ -261,8 +269,9 @@ def _ablate_workers(args) -> None:
     children = [subprocess.Popen([*base, "--shard", f"{i}/{args.workers}"]) for i in range(args.workers)]
     failed = [f"{i}/{args.workers}" for i, child in enumerate(children) if child.wait() != 0]
     if failed:
-        raise RuntimeError(f"ablation worker(s) {', '.join(failed)} failed (messages above); finished cells are "
-                           "kept: run the same command again to continue")
+        return RuntimeError(f"ablation worker(s) {', '.join(failed)} failed (messages above); finished cells are "
+                            "kept: run the same command again to continue")
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:

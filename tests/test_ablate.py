@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from studio import ArchSpec
-from studio.ablate import COLUMNS, GridError, load_grid, load_results, run_grid
+from studio.ablate import COLUMNS, CellsFailed, GridError, load_grid, load_results, run_grid
 from studio.ablate_figures import grouped_bars, ratio_curve, state_curve
 from studio.configurations import CONFIGURATIONS, apply_configuration, configuration_layers, ratio_layers, softmax_share
 
@@ -319,6 +319,32 @@ def test_a_diverging_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     assert row["status"] == "diverged" and row["loss"] is None and "Lower the learning rate" in row["error"]
     (summary,) = table.summary()
     assert summary["n"] == 0 and summary["failed"] == 1 and summary["loss_mean"] is None
+
+
+def test_a_cell_that_raises_does_not_stop_the_grid_and_runs_again_next_time(tmp_path, monkeypatch):
+    """A bug in one cell (here: the trainer raising for the hybrid variant) leaves the other cells to finish,
+    keeps the error in that cell's cell.json and no result, and the next run retries just that cell."""
+    import studio.train
+
+    real_train = studio.train.train
+
+    def broken_for_hybrids(spec, *args, **kwargs):
+        name = spec.get("name") if isinstance(spec, dict) else getattr(spec, "name", None)
+        if name == "hybrid-lightning":
+            raise RuntimeError("out of resource: shared memory")
+        return real_train(spec, *args, **kwargs)
+
+    grid, out = {**TINY, "seeds": [0]}, tmp_path / "out"
+    monkeypatch.setattr(studio.train, "train", broken_for_hybrids)
+    with pytest.raises(CellsFailed, match="hybrid-lightning__mqar__seed0: RuntimeError: out of resource") as caught:
+        run_grid(grid, out, progress=False, device="cpu")
+    assert [r["cell"] for r in caught.value.table.rows] == ["standard__mqar__seed0"]
+    record = json.loads((out / "cells" / "hybrid-lightning__mqar__seed0" / "cell.json").read_text())
+    assert "out of resource" in record["error"] and "broken_for_hybrids" in record["traceback"]
+    assert not (out / "cells" / "hybrid-lightning__mqar__seed0" / "result.json").exists()
+    monkeypatch.setattr(studio.train, "train", real_train)
+    table = run_grid(grid, out, progress=False, device="cpu")
+    assert table.complete and {r["resumed"] for r in table.rows} == {False}
 
 
 # ---- command line ----------------------------------------------------------------------------------
