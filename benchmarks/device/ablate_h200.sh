@@ -7,8 +7,10 @@
 # plus each grid's tables and figures (no checkpoints). Cells resume across calls: unpack it into the
 # tree and carry runs/ablate. Carry .whl as for the kernels.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-echo 'import benchmarks.device.stub_missing' > /tmp/site/sitecustomize.py
+if [ ! -f /tmp/site/sitecustomize.py ]; then  # once per machine (another script may have done it)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    echo 'import benchmarks.device.stub_missing' > /tmp/site/sitecustomize.py
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore
 export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
 mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"

@@ -3,8 +3,10 @@
 # mixers' dispatch to them, then (unless TESTS_ONLY=1) benchmarks/kernels.py against FLA 0.6.0 and SDPA.
 # Called through the device tool with .whl carried (TransformerLens, pydantic, FLA 0.6.0 + fla-core, ...).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-echo 'import benchmarks.device.stub_missing' > /tmp/site/sitecustomize.py
+if [ ! -f /tmp/site/sitecustomize.py ]; then  # once per machine (another script may have done it)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    echo 'import benchmarks.device.stub_missing' > /tmp/site/sitecustomize.py
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi -L
 STUDIO_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_lightning_kernel.py \
