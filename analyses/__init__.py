@@ -23,7 +23,7 @@ from analyses.metrics import (
     waad,
     waad_delta,
 )
-from analyses.rhythm import Rhythm, rhythm
+from analyses.rhythm import Rhythm, rhythm, rhythms
 
 __all__ = [
     "Rhythm",
@@ -31,6 +31,7 @@ __all__ = [
     "head_groups",
     "head_span",
     "rhythm",
+    "rhythms",
     "rhythm_statistics",
     "select_layers",
     "top_count",

@@ -25,7 +25,7 @@ import torch
 
 from analyses.metrics import fai, head_groups, head_span, rhythm_statistics, select_layers, top_q, waad, waad_delta
 
-__all__ = ["Rhythm", "rhythm"]
+__all__ = ["Rhythm", "rhythm", "rhythms"]
 
 
 @dataclass
@@ -81,20 +81,66 @@ def rhythm(
     names = {_pattern_name(layer) for layer in layers}
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in names)
-    first = cache[_pattern_name(layers[0])]
-    dtype = torch.float32 if first.device.type == "mps" else torch.float64
+    dtype = _dtype(cache[_pattern_name(layers[0])])
     patterns = {layer: cache[_pattern_name(layer)][0].detach().to(dtype) for layer in layers}  # [H, T, T]
+    return _from_patterns(patterns, logits[0], tokens, response_start, layers, q_heads, window, h_lo, h_hi, q, dtype)
 
+
+def rhythms(
+    model,
+    tokens: torch.Tensor,
+    response_starts: list[int],
+    lengths: list[int] | None = None,
+    layers: list[int] | None = None,
+    q_heads: float = 0.3,
+    window: int | None = 10,
+    h_lo: int = 10,
+    h_hi: int | None = 100,
+    q: float = 0.4,
+) -> list[Rhythm]:
+    """The rhythm of every sequence of a batch from ONE hooked forward (what RL credit needs per batch).
+
+    tokens [B, T], right-padded; lengths[b]: the real length of row b (default T): causal attention
+    keeps the padding out of every position before it, so each row's rhythm equals `rhythm` on that row
+    alone. response_starts[b]: row b's first response position. Other arguments as in `rhythm`."""
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [B, T], got {tuple(tokens.shape)}")
+    b, t = tokens.shape
+    lengths = [t] * b if lengths is None else [int(n) for n in lengths]
+    if len(response_starts) != b or len(lengths) != b:
+        raise ValueError(f"need one response start and one length per row ({b}), got {len(response_starts)} "
+                         f"and {len(lengths)}")
+    checked = [prepare(model, tokens[i, : lengths[i]], response_starts[i], layers) for i in range(b)]
+    layers = checked[0][2]
+    names = {_pattern_name(layer) for layer in layers}
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    dtype = _dtype(cache[_pattern_name(layers[0])])
+    out = []
+    for i, (row_tokens, start, _) in enumerate(checked):
+        n = lengths[i]
+        patterns = {layer: cache[_pattern_name(layer)][i, :, :n, :n].detach().to(dtype) for layer in layers}
+        out.append(_from_patterns(patterns, logits[i, :n], row_tokens, start, layers, q_heads, window, h_lo, h_hi,
+                                  q, dtype))
+    return out
+
+
+def _dtype(pattern: torch.Tensor) -> torch.dtype:
+    return torch.float32 if pattern.device.type == "mps" else torch.float64
+
+
+def _from_patterns(patterns, logits, tokens, response_start, layers, q_heads, window, h_lo, h_hi, q, dtype) -> Rhythm:
+    """Steps 1-7 of the module docstring from the selected layers' patterns {layer: [H, T, T]}."""
     spans = {layer: head_span(patterns[layer], response_start) for layer in layers}
     local_idx, global_idx = head_groups(torch.stack([spans[layer] for layer in layers]), q_heads)
     local_heads = [(layers[row], head) for row, head in local_idx.tolist()]
     global_heads = [(layers[row], head) for row, head in global_idx.tolist()]
     abar_loc = torch.stack([patterns[layer][head] for layer, head in local_heads]).mean(0)
     abar_glob = torch.stack([patterns[layer][head] for layer, head in global_heads]).mean(0)
-
     waad_t = waad(abar_loc, window)
     fai_t = fai(abar_glob, h_lo, h_hi, response_start)
-    return finish(layers, spans, local_heads, global_heads, waad_t, fai_t, logits[0], tokens, response_start, q, dtype)
+    return finish(layers, spans, local_heads, global_heads, waad_t, fai_t, logits, tokens, response_start, q, dtype)
 
 
 def prepare(model, tokens, response_start: int, layers: list[int] | None) -> tuple[torch.Tensor, int, list[int]]:

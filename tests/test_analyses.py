@@ -377,8 +377,24 @@ def test_rhythm_options_and_errors(model, tokens):
         analyses.rhythm(model, tokens, response_start=10, layers=[6])
 
 
+def test_rhythms_of_a_right_padded_batch_equal_each_row_alone(model, tokens):
+    """One hooked forward for a batch (RL credit): padding after a row's end changes nothing before it."""
+    second = torch.randint(0, 64, (1, 40), generator=torch.Generator().manual_seed(1))
+    batch = torch.cat([tokens, second])
+    batch[1, 31:] = 0  # row 1 is 31 tokens long, then padding
+    rows = analyses.rhythms(model, batch, response_starts=[10, 6], lengths=[40, 31])
+    for row, alone in zip(rows, [analyses.rhythm(model, tokens, 10), analyses.rhythm(model, second[0, :31], 6)]):
+        assert row.waad.shape == alone.waad.shape and row.response_start == alone.response_start
+        for name in ("waad", "fai", "entropy"):
+            close(getattr(row, name), getattr(alone, name), tol=1e-5)
+        assert torch.equal(row.preplan, alone.preplan) and torch.equal(row.anchors, alone.anchors)
+        assert row.local_heads == alone.local_heads and row.global_heads == alone.global_heads
+    with pytest.raises(ValueError, match="one response start and one length per row"):
+        analyses.rhythms(model, batch, response_starts=[10])
+
+
 def test_package_exports():
     for name in ("head_span", "head_groups", "waad", "fai", "waad_delta", "top_q", "select_layers",
-                 "rhythm_statistics", "rhythm", "Rhythm"):
+                 "rhythm_statistics", "rhythm", "rhythms", "Rhythm"):
         assert callable(getattr(analyses, name))
     assert "2510.13554" in analyses.__doc__
