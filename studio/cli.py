@@ -258,6 +258,42 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_rl(args) -> int:
+    from studio.rl.experiment import run_experiment
+
+    opts = {k: v for k, v in {
+        "prompts_per_step": args.prompts_per_step, "group_size": args.group_size,
+        "max_new_tokens": args.max_new_tokens, "inner_steps": args.inner_steps, "lr": args.lr,
+        "eval_every": args.eval_every, "eval_prompts": args.eval_prompts, "ckpt_every": args.ckpt_every,
+        "credit_signs": args.credit_signs,
+    }.items() if v is not None}
+    credits = [c.strip() for c in args.credit.split(",") if c.strip()]
+    summary = run_experiment(args.out, credits, args.seeds, args.steps, task=args.task,
+                             task_args=_task_args(args.task_args), init=args.init, spec=_rl_spec(args.spec),
+                             warmup_steps=args.warmup_steps, device=args.device, progress=not args.no_progress,
+                             loss=args.loss, **opts)
+    header = ["credit", "runs", "final accuracy (mean ± std)", "per seed", "rhythm pass (% of step)"]
+    rows = []
+    for credit, entry in summary["strategies"].items():
+        mean, std = entry["accuracy_mean"], entry["accuracy_std"]
+        rows.append([credit, str(entry["n"]), "" if mean is None else f"{mean:.3f}" + (f" ± {std:.3f}" if std else ""),
+                     " / ".join(f"{a:.2f}" for a in entry["accuracies"]),
+                     "" if entry["rhythm_overhead_pct"] is None else f"{entry['rhythm_overhead_pct']:.1f}"])
+    Console(width=max(120, Console().width)).print(_table(f"studio rl {args.task} ({args.loss})", header, rows))
+    print(f"summary: {args.out}/summary.json, {args.out}/summary.csv; figures: {args.out}/figures/")
+    return 0
+
+
+def _rl_spec(spec: str | None):
+    """--spec for the warm-up: a preset name or a spec file (None: the experiment's default)."""
+    if spec is None:
+        return None
+    from studio.presets import PRESETS, preset
+    from studio.spec import ArchSpec
+
+    return preset(spec, vocab_size=258) if spec in PRESETS else ArchSpec.load(spec)
+
+
 def _ablate_workers(args) -> RuntimeError | None:
     """Run `args.workers` shards of the grid as child processes (one torch thread each unless --threads)
     and wait for them; returns the error naming the failed workers, if any (their finished cells are kept,
@@ -320,6 +356,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report.json path")
     p.add_argument("--html", help="report.html path")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("rl", help="RL fine-tuning with anchor-aware credit: warm-up, then credit strategies x seeds")
+    p.add_argument("--task", default="countdown", choices=["countdown", "addition"])
+    p.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. count=3 largest=10")
+    p.add_argument("--credit", default="coupled", help="one strategy or a comma list: none, random, entropy, local, "
+                   "anchor, coupled")
+    p.add_argument("--loss", default="cispo", choices=["grpo", "dapo", "cispo"])
+    p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (0..N-1)")
+    p.add_argument("--steps", type=int, required=True, help="RL steps per run")
+    p.add_argument("--out", required=True, help="experiment directory (resumable: the same command continues it)")
+    p.add_argument("--init", help="start from this model or run directory instead of a warm-up")
+    p.add_argument("--spec", help="spec file or preset for the warm-up model (default: 4 layers, lightning + softmax)")
+    p.add_argument("--warmup-steps", type=int, default=1500, help="supervised steps on worked demonstrations")
+    for flag, kind in (("--prompts-per-step", int), ("--group-size", int), ("--max-new-tokens", int),
+                       ("--inner-steps", int), ("--lr", float), ("--eval-every", int), ("--eval-prompts", int),
+                       ("--ckpt-every", int)):
+        p.add_argument(flag, type=kind)
+    p.add_argument("--credit-signs", choices=["both", "positive"], help="scale both advantage signs (default) or "
+                   "only A >= 0 (the paper's v1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_rl)
 
     p = sub.add_parser("ablate", help="train a grid of variants x tasks x seeds (resumable) into tidy results + figures")
     p.add_argument("grid", help="a grid file (.yaml or .json; see docs/ablations.md)")

@@ -1,0 +1,112 @@
+"""studio.rl end to end on a tiny model on the CPU: rollouts, log-probs, a 2-step RL run per credit strategy
+through `studio rl` (warm-up, summary, figures, resume), and exact resume of an interrupted run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from studio.model import HybridLM, build_model
+from studio.rl.rollout import sample_rollouts, token_logprobs
+from studio.rl.train import rl_task, train
+from studio.tasks.arithmetic import verify
+
+STUDIO = str(Path(sys.executable).with_name("studio"))
+TINY = {"name": "tiny-rl", "vocab_size": 258, "d_model": 32, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0,
+        "pattern": "LS", "pattern_map": {"L": "lightning", "S": "softmax"}}
+FAST = dict(prompts_per_step=2, group_size=3, max_new_tokens=10, eval_prompts=4, eval_every=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(TINY, seed=0)
+
+
+def test_rollouts_hold_g_samples_per_prompt_with_masks_and_rewards(model):
+    task = rl_task("countdown")
+    prompts = ["reach 12 with 3 4 1\n", "reach 7 with 2 5 9\n", "reach 100 with 10 10 1\n"]
+    roll = sample_rollouts(model, task.tokenizer, prompts, verify, group_size=4, max_new_tokens=9,
+                           generator=torch.Generator().manual_seed(0))
+    assert roll.tokens.shape[0] == 12 and roll.groups == 3 and roll.prompts[4] == prompts[1]
+    mask = roll.response_mask()
+    for row in range(12):
+        start, end = roll.prompt_lengths[row], roll.lengths[row]
+        assert start == len(prompts[row // 4]) + 1  # BOS + the prompt's bytes
+        assert 1 <= end - start <= 9 and int(mask[row].sum()) == end - start
+        assert task.tokenizer.decode(roll.tokens[row, 1:start].tolist()) == prompts[row // 4]
+        ends_with_stop = int(roll.tokens[row, end - 1]) == task.tokenizer.eos
+        assert bool(roll.truncated[row]) == (not ends_with_stop) and (ends_with_stop or end - start == 9)
+        assert roll.rewards[row] == verify(roll.prompts[row], roll.completions[row])
+    again = sample_rollouts(model, task.tokenizer, prompts, verify, group_size=4, max_new_tokens=9,
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.tokens, roll.tokens)  # the generator decides every sample
+
+
+def test_token_logprobs_are_the_models_next_token_log_probabilities(model):
+    tokens = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(1))
+    logp = token_logprobs(model, tokens)
+    by_hand = torch.log_softmax(model(tokens).float(), -1)
+    assert logp.shape == (2, 7) and torch.all(logp[:, 0] == 0)
+    for t in range(1, 7):
+        assert torch.allclose(logp[:, t], by_hand[torch.arange(2), t - 1, tokens[:, t]], atol=1e-6)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_studio_rl_smoke_two_steps_per_strategy_with_summary_and_resume(tmp_path):
+    out = tmp_path / "exp"
+    cmd = [STUDIO, "rl", "--task", "countdown", "--credit", "none,coupled,random", "--loss", "cispo", "--seeds", "1",
+           "--steps", "2", "--warmup-steps", "2", "--out", str(out), "--spec", _spec_file(tmp_path),
+           "--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "10", "--eval-prompts", "4",
+           "--eval-every", "1", "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "final accuracy" in result.stdout and "coupled" in result.stdout
+    for credit in ("none", "coupled", "random"):
+        run_dir = out / credit / "seed0"
+        run = json.loads((run_dir / "run.json").read_text())
+        assert run["status"] == "finished" and run["step"] == 2 and run["config"]["credit"] == credit
+        steps = [r for r in _records(run_dir) if "reward" in r]
+        assert [r["step"] for r in steps] == [1, 2]
+        for r in steps:
+            assert 0.0 <= r["reward"] <= 1.0 and "loss_clip_frac" in r and "eval_accuracy" in r
+            assert r["credit_boosted"] == 0.0 if credit == "none" else r["credit_boosted"] >= 0.0
+            assert 0.0 <= r["rhythm_overhead_pct"] < 100.0
+        HybridLM.load(run_dir)  # an RL run is a studio run: its last checkpoint loads
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["strategies"]) == {"none", "coupled", "random"}
+    assert (out / "figures" / "reward_curves.html").is_file() and (out / "summary.csv").is_file()
+    # the same command again: everything is finished, nothing trains again
+    before = {c: (out / c / "seed0" / "metrics.jsonl").read_text() for c in ("none", "coupled")}
+    assert subprocess.run(cmd, capture_output=True, text=True, env=env).returncode == 0
+    assert before == {c: (out / c / "seed0" / "metrics.jsonl").read_text() for c in ("none", "coupled")}
+
+
+def _spec_file(tmp_path: Path) -> str:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def test_an_interrupted_rl_run_resumes_exactly(tmp_path):
+    task = rl_task("countdown")
+    opts = dict(credit="anchor", loss="dapo", ckpt_every=1, **FAST)
+    straight = train(build_model(TINY, seed=0), task, 3, tmp_path / "straight", **opts)
+    stopped = train(build_model(TINY, seed=0), task, 3, tmp_path / "resumed",
+                    callback=lambda r: "stop" if r["step"] == 2 else None, **opts)
+    assert json.loads((stopped / "run.json").read_text())["status"] == "stopped"
+    train(None, None, 3, stopped, resume=True)
+    a, b = _records(straight), _records(stopped)
+    assert [r["step"] for r in b] == [0, 1, 2, 3]
+    for x, y in zip(a, b):
+        assert x.get("loss") == pytest.approx(y.get("loss"), abs=1e-6) and x.get("reward") == y.get("reward")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(build_model(TINY), task, 3, straight, **opts)
+    with pytest.raises(ValueError, match="credit must be one of"):
+        train(build_model(TINY), task, 1, tmp_path / "bad", credit="anchors", **FAST)
