@@ -250,7 +250,7 @@ def train(
                 optimizer.step()
             seconds = time.perf_counter() - t0
             record = {
-                "step": step + 1, "loss": float(loss), "reward": float(roll.rewards.mean()),
+                "step": step + 1, "loss": loss.item(), "reward": float(roll.rewards.mean()),
                 "accuracy": float((roll.rewards >= 1.0).float().mean()),
                 "shaped_reward": float(rewards.mean()), "length": float(roll.completion_lengths().mean()),
                 "truncated": float(roll.truncated.float().mean()), "groups_kept": int(keep.sum()) // cfg.group_size,
