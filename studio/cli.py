@@ -366,9 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (0..N-1)")
     p.add_argument("--steps", type=int, required=True, help="RL steps per run")
     p.add_argument("--out", required=True, help="experiment directory (resumable: the same command continues it)")
-    p.add_argument("--init", help="start from this model or run directory instead of a warm-up")
+    p.add_argument("--init", help="start from this model or run directory, or 'smollm2' (the converted "
+                   "SmolLM2-135M-Instruct with its tokenizer), instead of a fresh model")
     p.add_argument("--spec", help="spec file or preset for the warm-up model (default: 4 layers, lightning + softmax)")
-    p.add_argument("--warmup-steps", type=int, default=1500, help="supervised steps on worked demonstrations")
+    p.add_argument("--warmup-steps", type=int, help="supervised steps on worked demonstrations before RL "
+                   "(default 1500 for a fresh model, 0 with --init)")
     for flag, kind in (("--prompts-per-step", int), ("--group-size", int), ("--max-new-tokens", int),
                        ("--inner-steps", int), ("--lr", float), ("--eval-every", int), ("--eval-prompts", int),
                        ("--ckpt-every", int)):

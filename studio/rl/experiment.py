@@ -4,7 +4,7 @@
               --steps 200 --out runs/credit
 
 Layout of OUT: `warmup/` (supervised warm-up on the task's worked demonstrations, a studio training run;
-skipped with --init), `<credit>/seed<k>/` (one RL run each, all starting from the same warmed-up weights),
+by default none with --init), `<credit>/seed<k>/` (one RL run each, all starting from the same warmed-up weights),
 `summary.json` and `summary.csv` (final greedy accuracy on the held-out prompts per run, and mean / std per
 strategy), `figures/reward_curves.html` (mean training reward per strategy over steps, band = min..max over
 seeds) and `figures/final_accuracy.html`. Finished runs are skipped and interrupted ones resume, so the
@@ -29,8 +29,10 @@ DEFAULT_SPEC = {"name": "rl-countdown", "d_model": 128, "n_layers": 4, "n_heads"
 
 
 def warm_up(out: Path, spec: Any, task, steps: int, seed: int = 0, device: str = "auto", progress: bool = True) -> Path:
-    """Supervised warm-up on the task's demonstrations (only the completions are scored) into `out`;
-    a finished warm-up there is reused, an interrupted one resumed."""
+    """Supervised warm-up on the task's demonstrations (only the completions are scored) into `out`, from
+    a fresh model of `spec` (None: DEFAULT_SPEC) or from a given `HybridLM`; a finished warm-up there is
+    reused, an interrupted one resumed."""
+    from studio.model import HybridLM
     from studio.model import build_model
     from studio.spec import ArchSpec
     from studio.train import read_run, train
@@ -42,18 +44,26 @@ def warm_up(out: Path, spec: Any, task, steps: int, seed: int = 0, device: str =
         if run["steps"] != steps:
             raise ValueError(f"{out} holds a warm-up of {run['steps']} steps, not {steps}; delete it or keep its steps")
         return train(None, None, steps, out, resume=True, progress=progress)
-    if spec is None:
-        spec = {**DEFAULT_SPEC, "vocab_size": task.vocab_size}
-    if isinstance(spec, dict):
-        spec = ArchSpec.from_dict(spec)
-    return train(build_model(spec, seed=seed), task, steps, out, seed=seed, device=device, progress=progress,
+    if isinstance(spec, HybridLM):
+        model = spec
+    else:
+        if spec is None:
+            spec = {**DEFAULT_SPEC, "vocab_size": task.vocab_size}
+        model = build_model(ArchSpec.from_dict(spec) if isinstance(spec, dict) else spec, seed=seed)
+    return train(model, task, steps, out, seed=seed, device=device, progress=progress,
                  eval_every=max(1, steps // 5), ckpt_every=max(1, steps // 5))
 
 
 def run_experiment(out_dir: str | Path, credits: list[str], seeds: int, steps: int, task: str = "countdown",
                    task_args: dict | None = None, init: str | Path | None = None, spec: Any = None,
-                   warmup_steps: int = 1500, device: str = "auto", progress: bool = True, **rl_opts: Any) -> dict:
-    """Warm up (or take `init`), then RL-train every credit strategy x seed; returns the summary."""
+                   warmup_steps: int | None = None, device: str = "auto", progress: bool = True,
+                   **rl_opts: Any) -> dict:
+    """Warm up, then RL-train every credit strategy x seed from the warmed-up weights; returns the summary.
+
+    init: None (a fresh model of `spec`), a model or run directory, or "smollm2" (the converted
+    SmolLM2-135M-Instruct, with its own tokenizer). warmup_steps: supervised steps on the task's worked
+    demonstrations before RL (default 1500 for a fresh model, 0 with `init`)."""
+    from studio.model import HybridLM
     from studio.rl.credit import STRATEGIES
     from studio.rl.train import rl_task, train
     from studio.train import read_run
@@ -64,9 +74,22 @@ def run_experiment(out_dir: str | Path, credits: list[str], seeds: int, steps: i
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     out = Path(out_dir)
-    task_obj = rl_task(task, **(task_args or {}))
-    start = Path(init) if init is not None else warm_up(out / "warmup", spec, task_obj, warmup_steps, device=device,
-                                                         progress=progress)
+    task_args = dict(task_args or {})
+    base: Any = spec
+    if init == "smollm2":
+        from studio.pretrained import load_smollm2
+
+        base = load_smollm2()[0]
+        task_args.setdefault("tokenizer", "smollm2")
+    elif init is not None:
+        base = HybridLM.load(init)
+    task_obj = rl_task(task, **task_args)
+    if warmup_steps is None:
+        warmup_steps = 0 if init is not None else 1500
+    if warmup_steps > 0:
+        start = warm_up(out / "warmup", base, task_obj, warmup_steps, device=device, progress=progress)
+    else:
+        start = base
     for seed in range(seeds):  # seed by seed, so an interrupted experiment has every strategy at seed 0 first
         for credit in credits:
             run_dir = out / credit / f"seed{seed}"

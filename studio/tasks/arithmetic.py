@@ -22,7 +22,7 @@ from fractions import Fraction
 import torch
 
 from studio.tasks.base import IGNORE, Batch, Task, check
-from studio.tasks.tokenizers import ByteTokenizer
+from studio.tasks.tokenizers import get_tokenizer
 
 ANSWER = re.compile(r"####\s*([^\n]*)")
 FORMAT_REWARD = 0.1
@@ -113,15 +113,18 @@ def verify(prompt: str, completion: str) -> float:
 class Arithmetic(Task):
     name = "arithmetic"
 
-    def __init__(self, kind: str = "addition", digits: int = 3, count: int = 3, largest: int = 10, seq_len: int = 96):
+    def __init__(self, kind: str = "addition", digits: int = 3, count: int = 3, largest: int = 10, seq_len: int = 96,
+                 tokenizer: str = "bytes"):
         check(kind in ("addition", "countdown", "mixed"), f"kind must be addition, countdown or mixed, got {kind!r}")
         check(1 <= digits <= 12, f"digits must lie in 1..12, got {digits}")
         check(2 <= count <= 6, f"count must lie in 2..6, got {count}")
         check(largest >= 2, f"largest must be >= 2, got {largest}")
         self.kind, self.digits, self.count, self.largest = kind, digits, count, largest
-        self.tokenizer = ByteTokenizer()
+        self.tokenizer = get_tokenizer(tokenizer)  # bytes, or SmolLM2's (RL on the converted SmolLM2-135M)
         self.vocab_size, self.seq_len = self.tokenizer.vocab_size, seq_len
         self._config = dict(kind=kind, digits=digits, count=count, largest=largest, seq_len=seq_len)
+        if tokenizer != "bytes":
+            self._config["tokenizer"] = tokenizer
         rng = random.Random(0)
         need = max(len(self.tokenizer.encode(p.prompt + p.completion)) + 2 for p in (self._problem(rng) for _ in range(200)))
         check(seq_len >= need, f"seq_len={seq_len} cuts worked solutions short; use seq_len >= {need}")
