@@ -1,6 +1,6 @@
 """Hybrid Attention Studio, the web app: `python app.py [--host 127.0.0.1] [--port 7860] [--runs-dir DIR]`.
 
-Five tabs, all logic in gradio-free modules (this file is layout and wiring only):
+Six tabs, all logic in gradio-free modules (this file is layout and wiring only):
     Compose  spec editor (JSON/YAML, presets, per-layer table), live validation, diagram, cost table,
              one head's pattern                         studio.app_helpers, studio.layer_table, studio.diagram
     Train    a task, steps, live loss/accuracy, cancel; the user's runs     studio.training_jobs
@@ -9,13 +9,17 @@ Five tabs, all logic in gradio-free modules (this file is layout and wiring only
     Ablate   variants (mixers x configurations / linear:softmax ratios) x tasks x seeds as a grid (YAML,
              checked live), run in the background with a live comparison chart and summary, stop and
              resume; load a finished or partial ablation                   studio.ablate_jobs
+    RL       a small RL run on Countdown (credit strategy, loss, group size), a live reward chart, stop and
+             resume, and the per-token credit (gamma, preplan, anchors) of rollouts sampled from the policy
+                                                                             studio.rl_jobs
     Learn    softmax vs linear vs lightning on small vectors, chunked == recurrent, every mixer's
              pattern, cost curves                                            studio.learn
 
 Each browser gets a user id (kept in its local storage), and with it a runs folder of its own under
 --runs-dir: users never see each other's runs, and a page reload keeps them. Training runs through a
 queue (--train-concurrency jobs at once); ablations run in background threads, one per user and at most
---ablate-concurrency at once, into runs-dir/<user id>/ablations/. Errors show in the page; the server
+--ablate-concurrency at once, into runs-dir/<user id>/ablations/; RL runs likewise (--rl-concurrency), into
+runs-dir/<user id>/rl/. Errors show in the page; the server
 keeps serving.
 """
 
@@ -38,6 +42,7 @@ import pandas as pd  # noqa: E402
 from studio import ablate_jobs as aj  # noqa: E402
 from studio import explore as ex  # noqa: E402
 from studio import learn  # noqa: E402
+from studio import rl_jobs as rj  # noqa: E402
 from studio.app_helpers import (  # noqa: E402
     DEFAULT_SPEC,
     DEFAULT_TEXT,
@@ -95,13 +100,14 @@ class Studio:
     """Server-wide state: where runs live, the default models, the training jobs by user."""
 
     def __init__(self, runs_root: str | Path, defaults: DefaultModels | None = None,
-                 results_root: str | Path | None = None, ablate_concurrency: int = 1):
+                 results_root: str | Path | None = None, ablate_concurrency: int = 1, rl_concurrency: int = 1):
         self.runs_root = Path(runs_root).resolve()
         self.defaults = defaults if defaults is not None else DefaultModels()
         self.jobs: dict[str, TrainingJob] = {}
         self.lock = threading.Lock()
         self.results_root = Path(results_root).resolve() if results_root else None  # shared, read-only results
         self.ablations = aj.AblationJobs(ablate_concurrency)
+        self.rl = rj.RLJobs(rl_concurrency)
 
     def user(self, user_id: str | None, request: gr.Request | None) -> str:
         """The browser's id (from its local storage), else this page session's id (API clients)."""
@@ -698,6 +704,128 @@ def make_ablate_handlers(studio: Studio):
                 list=list_folders, load=load, figure=show_figure)
 
 
+# ---- RL ----------------------------------------------------------------------------------------
+def _rl_status(snap: dict | None) -> str:
+    if snap is None:
+        return ("No RL run is running. Pick a credit strategy and a loss, then press **Start** (a new small model "
+                "is warmed up on Countdown demonstrations first).")
+    head = f"### RL run {_code(snap['name'])}: {snap['status']}"
+    last, ev = snap["last"], snap["eval"]
+    if snap["phase"] == "warm-up":
+        body = f"warming up on Countdown demonstrations: step {snap['warmup_step']} of {snap['warmup_steps']}"
+    elif last is None and snap["status"] in ("running", "stopping"):
+        body = "sampling the first rollouts…" if ev is not None else "measuring the starting policy…"
+    elif last is None:
+        body = "no RL step yet"
+    else:
+        groups = _plural(int(last.get("groups_kept", 0)), "group")
+        body = (f"step {last['step']} of {snap['steps']}: reward {last['reward']:.3f}, accuracy "
+                f"{last['accuracy']:.3f}, length {last['length']:.1f} tokens, {groups} with a reward "
+                f"signal, credit boosted {100 * last.get('credit_boosted', 0.0):.0f}% of the tokens, rhythm overhead "
+                f"{last.get('rhythm_overhead_pct', 0.0):.1f}%")
+    if ev is not None:
+        body += f"; eval accuracy {ev['eval_accuracy']:.3f} (step {ev['step']})"
+    if snap["resumed_from"]:
+        body += f"; resumed from step {snap['resumed_from']}"
+    body += f". {snap['seconds']:.0f} s."
+    if snap["status"] == "stopped":
+        body += "\n\nStopped with a checkpoint: press **Start** with the same choices (and name) to resume."
+    elif snap["status"] == "finished":
+        body += ("\n\nFinished. Press **Show credit on sampled rollouts** to see the policy's rollouts; raise "
+                 "**Steps** and press **Start** to continue it.")
+    if snap["error"]:
+        body += "\n\n" + _error("The RL run failed", snap["error"])
+    return f"{head}\n\n{body}"
+
+
+def make_rl_handlers(studio: Studio):
+    def live(user: str, force: bool, shown):
+        """(status, figure, timer, shown): the figure only when new records came since `shown`."""
+        job = studio.rl.get(user)
+        if job is None:
+            return _rl_status(None), None if force else gr.Plot(), gr.Timer(active=False), None
+        snap = job.snapshot()
+        version = (snap["name"], len(snap["records"]), snap["status"], job.started)
+        figure = (rj.reward_figure(snap["records"], f"{snap['name']}: reward")
+                  if force or version != shown else gr.Plot())
+        return _rl_status(snap), figure, gr.Timer(active=job.running), version
+
+    def start(user_id, credit, loss, steps, group_size, prompts, start_label, max_new_tokens, lr, warmup_steps,
+              name, request: gr.Request):
+        """Check the choices and start (or resume) the run in the background; the timer then polls it."""
+        user = studio.user(user_id, request)
+        try:
+            opts = rj.rl_options(credit, loss, steps, group_size, prompts, max_new_tokens, lr, warmup_steps)
+            origin = rj.resolve_start(start_label, studio.runs_root, user)
+            label = rj.run_label(opts, start_label or rj.WARMUP_LABEL, name or "")
+            out = rj.rl_dir(studio.runs_root, user, label)
+            warm = rj.warmup_dir(studio.runs_root, user, opts["warmup_steps"]) if origin is None else None
+            studio.rl.start(user, rj.RLJob(out, opts, origin, warm))
+        except ValueError as err:  # RLBusy, a bad choice, a run of other settings, a bad folder
+            return _error("Cannot start the RL run", str(err)), gr.Plot(), gr.Timer(), None
+        except Exception as err:
+            return _unexpected(err, "starting the RL run"), gr.Plot(), gr.Timer(), None
+        status, figure, _, shown = live(user, True, None)
+        return status, figure, gr.Timer(active=True), shown
+
+    def tick(user_id, shown, request: gr.Request):
+        try:
+            return live(studio.user(user_id, request), False, shown)
+        except Exception as err:
+            return _unexpected(err, "polling the RL run"), gr.Plot(), gr.Timer(active=False), shown
+
+    def poll(user_id, request: gr.Request):
+        """The user's RL run now: status, reward chart (and the timer's state)."""
+        try:
+            return live(studio.user(user_id, request), True, None)
+        except Exception as err:
+            return _unexpected(err, "polling the RL run"), None, gr.Timer(active=False), None
+
+    def stop(user_id, request: gr.Request):
+        """Stop after the current step (a checkpoint is written; Start resumes)."""
+        user = studio.user(user_id, request)
+        job = studio.rl.get(user)
+        if job is None or not job.running:
+            return "No RL run of yours is running.", gr.Plot(), gr.Timer(active=False), None
+        job.stop()
+        job.wait(300)
+        return live(user, True, None)
+
+    def starts(user_id, request: gr.Request):
+        """The models this user's RL runs can start from (a new warm-up, their Train runs on arithmetic)."""
+        user = studio.user(user_id, request)
+        return gr.Dropdown(choices=rj.start_choices(studio.runs_root, user))
+
+    def credit(user_id, strategy, max_new_tokens, seed, request: gr.Request):
+        """Rollouts sampled from the policy of the user's RL run, tokens coloured by their credit."""
+        user = studio.user(user_id, request)
+        try:
+            job = studio.rl.get(user)
+            if job is not None and (job.out_dir / "run.json").exists():
+                out = job.out_dir
+            else:
+                names = rj.rl_runs(studio.runs_root, user)
+                if not names:
+                    raise ValueError("there is no RL run of yours yet: press **Start** first (the view samples "
+                                     "from its policy)")
+                out = rj.rl_dir(studio.runs_root, user, names[0], create=False)
+            from studio.rl.train import rl_task
+
+            model = rj.policy(out)
+            html = rj.credit_view(model, rl_task("countdown"), strategy, prompts=2, group_size=2,
+                                  max_new_tokens=int(max_new_tokens or 0), seed=int(seed or 0),
+                                  title=f"{out.name}, credit {strategy}")
+        except ValueError as err:
+            return _error("Cannot show the credit", str(err)), ""
+        except Exception as err:
+            return _unexpected(err, "sampling rollouts"), ""
+        note = (f"Rollouts of {_code(out.name)}'s policy (its last checkpoint), seed {int(seed or 0)}: the same seed "
+                "gives the same rollouts, so strategies can be compared on them.")
+        return note, html
+
+    return dict(start=start, tick=tick, poll=poll, stop=stop, starts=starts, credit=credit)
+
+
 # ---- Learn -------------------------------------------------------------------------------------
 def learn_compare(length, decay, window, feature_map, normalize, seed):
     try:
@@ -971,6 +1099,67 @@ def _default_grid_text() -> str:
         return ""
 
 
+def _rl_tab(studio: Studio, user):
+    d = rj.DEFAULTS
+    gr.Markdown("RL fine-tuning on Countdown with anchor-aware credit (arXiv 2510.13554): every step samples "
+                "*group size* completions of each prompt, rewards them with the verifier, and scales each "
+                "token's advantage by its credit γ from the model's preplan-and-anchor rhythm. Bigger runs: "
+                "`studio rl`.")
+    with gr.Row():
+        with gr.Column(scale=2):
+            with gr.Row():
+                credit = gr.Dropdown(list(rj.STRATEGIES), value=d["credit"], label="Credit strategy",
+                                     elem_id="rl-credit-strategy")
+                loss = gr.Dropdown(list(rj.LOSSES), value=d["loss"], label="Loss", elem_id="rl-loss")
+            with gr.Row():
+                steps = gr.Number(d["steps"], label="Steps", precision=0, minimum=1, maximum=rj.MAX_STEPS,
+                                  elem_id="rl-steps")
+                group = gr.Number(d["group_size"], label="Group size", precision=0, minimum=2, maximum=rj.MAX_GROUP,
+                                  elem_id="rl-group")
+                prompts = gr.Number(d["prompts_per_step"], label="Prompts per step", precision=0, minimum=1,
+                                    maximum=rj.MAX_PROMPTS, elem_id="rl-prompts")
+            with gr.Accordion("More settings", open=False):
+                start_from = gr.Dropdown([rj.WARMUP_LABEL], value=rj.WARMUP_LABEL, label="Start from",
+                                         info="a new warm-up, or one of your Train runs on the arithmetic task",
+                                         allow_custom_value=True,
+                                         elem_id="rl-start-from")
+                with gr.Row():
+                    warmup = gr.Number(d["warmup_steps"], label="Warm-up steps", precision=0, minimum=1,
+                                       maximum=rj.MAX_WARMUP_STEPS, elem_id="rl-warmup")
+                    new_tokens = gr.Number(d["max_new_tokens"], label="Max new tokens", precision=0, minimum=4,
+                                           maximum=rj.MAX_NEW_TOKENS, elem_id="rl-new-tokens")
+                    lr = gr.Number(d["lr"], label="Learning rate", minimum=1e-7, maximum=0.1, elem_id="rl-lr")
+                name = gr.Textbox("", label="Run name (blank: from the choices)", max_lines=1, elem_id="rl-name")
+            with gr.Row():
+                start_btn = gr.Button("Start", variant="primary", elem_id="rl-start")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="rl-stop")
+                refresh = gr.Button("Refresh", elem_id="rl-refresh")
+            status = gr.Markdown(_rl_status(None), elem_id="rl-status")
+        with gr.Column(scale=3):
+            plot = gr.Plot(label="Reward (updates while it runs)", elem_id="rl-plot")
+    with gr.Row():
+        credit_btn = gr.Button("Show credit on sampled rollouts", variant="primary", scale=2,
+                               elem_id="rl-credit-button")
+        seed = gr.Number(0, label="Sample seed", precision=0, minimum=0, maximum=2**31 - 1, scale=1,
+                         elem_id="rl-seed")
+    credit_note = gr.Markdown(elem_id="rl-credit-note")
+    credit_view = gr.HTML(elem_id="rl-credit")
+    timer = gr.Timer(1.0, active=False)
+    shown = gr.State(None)
+
+    h = make_rl_handlers(studio)
+    live = [status, plot, timer, shown]
+    start_btn.click(h["start"], [user, credit, loss, steps, group, prompts, start_from, new_tokens, lr, warmup, name],
+                    live, api_name="rl_start")
+    timer.tick(h["tick"], [user, shown], live, api_visibility="private")
+    refresh.click(h["poll"], [user], live, api_name="rl_poll").then(h["starts"], [user], start_from,
+                                                                   api_visibility="private")
+    stop_btn.click(h["stop"], [user], live, api_name="rl_stop")
+    credit_btn.click(h["credit"], [user, credit, new_tokens, seed], [credit_note, credit_view], api_name="rl_credit",
+                     concurrency_limit=2, concurrency_id="rl_credit")
+    return {"poll": (h["poll"], [user], live), "starts": (h["starts"], [user], start_from)}
+
+
 def _learn_tab():
     gr.Markdown("Attention on a handful of small random vectors: every matrix below is computed by the studio's "
                 "own mixers. Move a slider and everything is recomputed.")
@@ -1029,11 +1218,11 @@ def _learn_tab():
 
 def build_app(runs_dir: str | Path = "runs/app", defaults: DefaultModels | None = None,
               train_concurrency: int = 1, results_dir: str | Path | None = Path(__file__).resolve().parent / "results",
-              ablate_concurrency: int = 1) -> gr.Blocks:
+              ablate_concurrency: int = 1, rl_concurrency: int = 1) -> gr.Blocks:
     """The Studio's Gradio app (not launched). Runs go to `runs_dir/<user id>/`, ablations to
-    `runs_dir/<user id>/ablations/`; ablations under `results_dir` (e.g. `studio ablate --out results/X`)
-    can be loaded by everyone."""
-    studio = Studio(runs_dir, defaults, results_dir, ablate_concurrency)
+    `runs_dir/<user id>/ablations/`, RL runs to `runs_dir/<user id>/rl/`; ablations under `results_dir`
+    (e.g. `studio ablate --out results/X`) can be loaded by everyone."""
+    studio = Studio(runs_dir, defaults, results_dir, ablate_concurrency, rl_concurrency)
     studio.defaults.start()  # trains any missing default model in the background (first start only)
     with gr.Blocks(title="Hybrid Attention Studio") as demo:
         gr.Markdown("# Hybrid Attention Studio")
@@ -1049,6 +1238,8 @@ def build_app(runs_dir: str | Path = "runs/app", defaults: DefaultModels | None 
                 model, compare, model_choices = _explore_tab(studio, user)
             with gr.Tab("Ablate", id="ablate"):
                 ablate_views = _ablate_tab(studio, user, editor, fmt)
+            with gr.Tab("RL", id="rl"):
+                rl_views = _rl_tab(studio, user)
             with gr.Tab("Learn", id="learn"):
                 learn_views = _learn_tab()
 
@@ -1069,7 +1260,7 @@ def build_app(runs_dir: str | Path = "runs/app", defaults: DefaultModels | None 
                                                                    api_visibility="private")
         # the Ablate tab: this user's ablations, and the live view of one still running (after a reload)
         for fn, inputs, outputs in (ablate_views["list"], ablate_views["load"], ablate_views["poll"],
-                                    ablate_views["check"]):
+                                    ablate_views["check"], rl_views["starts"], rl_views["poll"]):
             loaded = loaded.then(fn, inputs, outputs, api_visibility="private")
         for fn, inputs, outputs in learn_views:
             demo.load(fn, inputs, outputs, api_visibility="private")
@@ -1084,11 +1275,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs-dir", default="runs/app", help="where users' runs are saved (default runs/app)")
     parser.add_argument("--train-concurrency", type=int, default=1, help="training jobs at once (default 1)")
     parser.add_argument("--ablate-concurrency", type=int, default=1, help="ablations at once, all users (default 1)")
+    parser.add_argument("--rl-concurrency", type=int, default=1, help="RL runs at once, all users (default 1)")
     parser.add_argument("--results-dir", default="results", help="ablations anyone can load (default results)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     build_app(args.runs_dir, train_concurrency=args.train_concurrency, results_dir=args.results_dir,
-              ablate_concurrency=args.ablate_concurrency).launch(
+              ablate_concurrency=args.ablate_concurrency, rl_concurrency=args.rl_concurrency).launch(
         server_name=args.host, server_port=args.port, allowed_paths=[])
 
 

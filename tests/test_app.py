@@ -495,6 +495,34 @@ def test_ablate_load_errors_show_and_the_app_keeps_serving(client, runs_root):
     assert client.predict(VALID, "JSON", api_name="/validate").startswith("Spec OK")  # still serving
 
 
+# ---- the RL tab through the API -------------------------------------------------------------------------
+RL_TINY = {"credit": "coupled", "loss": "cispo", "steps": 2, "group": 2, "prompts": 1,
+           "start": "new: small-hybrid, warmed up on Countdown", "new_tokens": 8, "lr": 1e-4, "warmup": 2, "name": ""}
+
+
+def _rl_start(client, **changes):
+    c = {**RL_TINY, **changes}
+    return client.predict("", c["credit"], c["loss"], c["steps"], c["group"], c["prompts"], c["start"],
+                          c["new_tokens"], c["lr"], c["warmup"], c["name"], api_name="/rl_start")
+
+
+def test_rl_errors_show_as_messages_and_the_app_keeps_serving(server_url, runs_root):
+    user = _new_client(server_url)
+    status, plot, timer = user.predict("", api_name="/rl_poll")  # (the State is not an API output)
+    assert "No RL run is running" in status and plot is None and timer["active"] is False
+    assert user.predict("", api_name="/rl_stop")[0] == "No RL run of yours is running."
+    note, view = user.predict("", "coupled", 8, 0, api_name="/rl_credit")
+    assert "Cannot show the credit" in note and "no RL run of yours yet" in note and view == ""
+    for changes, message in (({"start": "run: ../../etc"}, "not a run of yours"),
+                             ({"start": "run: nothing"}, "no such run"),
+                             ({"name": "warmups"}, "folder of your warm-ups")):
+        status, *_ = _rl_start(user, **changes)
+        assert "Cannot start the RL run" in status and message in status, (changes, status)
+        assert "Traceback" not in status
+    assert not (runs_root / user.session_hash / "rl").exists()  # nothing was made
+    assert user.predict(VALID, "JSON", api_name="/validate").startswith("Spec OK")  # still serving
+
+
 # ---- the page ----------------------------------------------------------------------------------------
 def _browser(p):
     if not os.path.exists(CHROMIUM):
@@ -711,6 +739,44 @@ def test_page_ablate_runs_a_grid_and_loads_it(page):
     page.locator("#ablate-run").click()
     expect(status).to_contain_text("Grid error", timeout=TIMEOUT_MS)
     expect(status).to_contain_text("unknown configuration 'odd'")
+    expect(page.locator("body")).not_to_contain_text("Traceback")
+
+
+@pytest.mark.browser
+def test_page_rl_runs_shows_the_reward_chart_and_the_credit_view(page):
+    """Start a tiny RL run in the RL tab, watch the reward chart get its points, then sample rollouts from the
+    policy and see their tokens coloured by credit, with preplan tokens and anchors marked."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="RL", exact=True).click()
+    for field, value in (("steps", "2"), ("group", "2"), ("prompts", "1")):
+        page.locator(f"#rl-{field} input").fill(value)
+    page.get_by_text("More settings").click()
+    for field, value in (("warmup", "2"), ("new-tokens", "8")):
+        page.locator(f"#rl-{field} input").fill(value)
+    page.locator("#rl-name input").fill("browser-rl")
+    page.locator("#rl-start").click()
+    status = page.locator("#rl-status")
+    expect(status).to_contain_text("RL run browser-rl", timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("finished", timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("step 2 of 2")
+    page.wait_for_selector("#rl-plot .js-plotly-plot", timeout=TIMEOUT_MS)
+    expect(page.locator("#rl-plot")).to_contain_text("reward (sampled)", timeout=TIMEOUT_MS)
+    expect(page.locator("#rl-plot .scatterlayer .trace").first.locator(".point")).to_have_count(2, timeout=TIMEOUT_MS)
+
+    page.locator("#rl-credit-button").click()
+    view = page.locator("#rl-credit")
+    expect(page.locator("#rl-credit-note")).to_contain_text("browser-rl", timeout=TIMEOUT_MS)
+    expect(view).to_contain_text("reward", timeout=TIMEOUT_MS)
+    tokens = view.locator(".rl-row .tok")
+    assert tokens.count() >= 4
+    gammas = [float(g) for g in tokens.evaluate_all("els => els.map(e => e.dataset.gamma)")]
+    colours = set(tokens.evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)"))
+    assert any(g > 1.0 for g in gammas) and len(colours) >= 2  # boosted tokens stand out
+    assert view.locator(".rl-row .tok.anchor").count() > 0 and view.locator(".rl-row .tok.preplan").count() > 0
+    assert view.locator(".rl-row .tok.anchor").first.evaluate("e => getComputedStyle(e).borderTopColor") != \
+        view.locator(".rl-row .tok:not(.anchor)").first.evaluate("e => getComputedStyle(e).borderTopColor")
+    _screenshot(page, "rl")
     expect(page.locator("body")).not_to_contain_text("Traceback")
 
 
