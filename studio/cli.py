@@ -261,6 +261,13 @@ def cmd_ablate(args) -> int:
 def cmd_rl(args) -> int:
     from studio.rl.experiment import run_experiment
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
     opts = {k: v for k, v in {
         "prompts_per_step": args.prompts_per_step, "group_size": args.group_size,
         "max_new_tokens": args.max_new_tokens, "inner_steps": args.inner_steps, "lr": args.lr,
@@ -375,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--inner-steps", int), ("--lr", float), ("--eval-every", int), ("--eval-prompts", int),
                        ("--ckpt-every", int)):
         p.add_argument(flag, type=kind)
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest for small models on a busy machine)")
     p.add_argument("--credit-signs", choices=["both", "positive"], help="scale both advantage signs (default) or "
                    "only A >= 0 (the paper's v1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -110,3 +110,22 @@ def test_an_interrupted_rl_run_resumes_exactly(tmp_path):
         train(build_model(TINY), task, 3, straight, **opts)
     with pytest.raises(ValueError, match="credit must be one of"):
         train(build_model(TINY), task, 1, tmp_path / "bad", credit="anchors", **FAST)
+
+
+def test_an_experiment_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
+    from studio.rl.experiment import run_experiment
+
+    start = tmp_path / "start"
+    build_model(TINY, seed=0).save(start)
+    opts = dict(prompts_per_step=2, group_size=2, max_new_tokens=6, eval_prompts=2, eval_every=1, ckpt_every=5)
+    run_experiment(tmp_path / "exp", ["none"], 1, 1, init=start, progress=False, device="cpu", **opts)
+    run_dir = tmp_path / "exp" / "none" / "seed0"
+    run = json.loads((run_dir / "run.json").read_text())
+    for path in (run_dir / "checkpoints").iterdir():  # as if killed before its first checkpoint
+        import shutil
+
+        shutil.rmtree(path)
+    (run_dir / "run.json").write_text(json.dumps({**run, "status": "interrupted", "last_checkpoint": None}))
+    summary = run_experiment(tmp_path / "exp", ["none"], 1, 1, init=start, progress=False, device="cpu", **opts)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    assert summary["strategies"]["none"]["n"] == 1

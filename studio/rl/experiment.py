@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ def warm_up(out: Path, spec: Any, task, steps: int, seed: int = 0, device: str =
             return out
         if run["steps"] != steps:
             raise ValueError(f"{out} holds a warm-up of {run['steps']} steps, not {steps}; delete it or keep its steps")
-        return train(None, None, steps, out, resume=True, progress=progress)
+        if run.get("last_checkpoint"):
+            return train(None, None, steps, out, resume=True, progress=progress)
+        shutil.rmtree(out)  # stopped before its first checkpoint: start again
     if isinstance(spec, HybridLM):
         model = spec
     else:
@@ -97,10 +100,12 @@ def run_experiment(out_dir: str | Path, credits: list[str], seeds: int, steps: i
                 run = read_run(run_dir)
                 if run["status"] == "finished" and run["step"] >= steps:
                     continue
-                train(None, None, steps, run_dir, resume=True, progress=progress)
-            else:
-                train(start, task_obj, steps, run_dir, credit=credit, seed=seed, device=device, progress=progress,
-                      **rl_opts)
+                if run.get("last_checkpoint"):
+                    train(None, None, steps, run_dir, resume=True, progress=progress)
+                    continue
+                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume, start again
+            train(start, task_obj, steps, run_dir, credit=credit, seed=seed, device=device, progress=progress,
+                  **rl_opts)
     summary = load_experiment(out)
     _write_outputs(out, summary)
     return summary
