@@ -41,7 +41,10 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # written so far are listed; add 02, 04 and 05 here as they land (then all five are required).
 EXPECTED = (
     "01_quickstart.ipynb",
+    "02_attention_in_a_real_model.ipynb",
     "03_attention_internals.ipynb",
+    "04_designing_hybrids.ipynb",
+    "05_anchor_aware_rl.ipynb",
 )
 SMALL_VARIABLE = "STUDIO_NOTEBOOK_SMALL"
 CELL_TIMEOUT_S = 600
