@@ -118,7 +118,9 @@ def test_an_experiment_restarts_a_run_killed_before_its_first_checkpoint(tmp_pat
     start = tmp_path / "start"
     build_model(TINY, seed=0).save(start)
     opts = dict(prompts_per_step=2, group_size=2, max_new_tokens=6, eval_prompts=2, eval_every=1, ckpt_every=5)
-    run_experiment(tmp_path / "exp", ["none"], 1, 1, init=start, progress=False, device="cpu", **opts)
+    run_experiment(tmp_path / "exp", ["none", "random"], 1, 1, init=start, progress=False, device="cpu", **opts)
+    initial = [(tmp_path / "exp" / c / "seed0" / "initial" / "model.safetensors").read_bytes() for c in ("none", "random")]
+    assert initial[0] == initial[1] == (start / "model.safetensors").read_bytes()  # every run starts from init
     run_dir = tmp_path / "exp" / "none" / "seed0"
     run = json.loads((run_dir / "run.json").read_text())
     for path in (run_dir / "checkpoints").iterdir():  # as if killed before its first checkpoint
@@ -126,6 +128,29 @@ def test_an_experiment_restarts_a_run_killed_before_its_first_checkpoint(tmp_pat
 
         shutil.rmtree(path)
     (run_dir / "run.json").write_text(json.dumps({**run, "status": "interrupted", "last_checkpoint": None}))
-    summary = run_experiment(tmp_path / "exp", ["none"], 1, 1, init=start, progress=False, device="cpu", **opts)
+    summary = run_experiment(tmp_path / "exp", ["none", "random"], 1, 1, init=start, progress=False, device="cpu",
+                             **opts)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
-    assert summary["strategies"]["none"]["n"] == 1
+    assert summary["strategies"]["none"]["n"] == 1 and summary["strategies"]["random"]["n"] == 1
+
+
+def test_every_run_of_an_experiment_starts_from_the_same_weights(tmp_path, monkeypatch):
+    """studio.rl.train updates a given model in place; the experiment must hand each run its own copy."""
+    import studio.rl.train as rl_train
+    from studio.rl.experiment import run_experiment
+
+    real_train, seen = rl_train.train, []
+
+    def train_and_change_in_place(model, *args, **kwargs):
+        seen.append(next(model.parameters()).detach().clone())
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.5)  # what training does to the object it was given
+        return real_train(model, *args, **kwargs)
+
+    start = tmp_path / "start"
+    build_model(TINY, seed=0).save(start)
+    monkeypatch.setattr(rl_train, "train", train_and_change_in_place)
+    run_experiment(tmp_path / "exp", ["none", "anchor"], 1, 1, init=start, progress=False, device="cpu",
+                   prompts_per_step=1, group_size=2, max_new_tokens=4, eval_prompts=1)
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])

@@ -13,6 +13,7 @@ same command continues an experiment.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -104,7 +105,8 @@ def run_experiment(out_dir: str | Path, credits: list[str], seeds: int, steps: i
                     train(None, None, steps, run_dir, resume=True, progress=progress)
                     continue
                 shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume, start again
-            train(start, task_obj, steps, run_dir, credit=credit, seed=seed, device=device, progress=progress,
+            policy = copy.deepcopy(start) if isinstance(start, HybridLM) else start  # train() updates it in place
+            train(policy, task_obj, steps, run_dir, credit=credit, seed=seed, device=device, progress=progress,
                   **rl_opts)
     summary = load_experiment(out)
     _write_outputs(out, summary)

@@ -149,8 +149,8 @@ def train(
     task_args: dict | None = None,
     **opts: Any,
 ) -> Path:
-    """RL fine-tune `model` (a HybridLM, or a model / run directory to load) on `task` ("countdown",
-    "addition" or an Arithmetic task) for `steps` steps in total; returns the run directory.
+    """RL fine-tune `model` (a HybridLM, updated in place, or a model / run directory to load) on `task`
+    ("countdown", "addition" or an Arithmetic task) for `steps` steps in total; returns the run directory.
 
     `opts` are `RLConfig` fields. `callback(record)` sees each metrics record; returning "stop" ends the
     run after a checkpoint. `resume=True` continues the run in `out_dir` (model, task, options from it)."""
