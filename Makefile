@@ -51,7 +51,7 @@ run: $(STAMP) $(DATA)
 
 # JupyterLab on notebooks/ (http://127.0.0.1:8888), with the project's venv as the python3 kernel.
 lab: $(STAMP) $(DATA)
-	$(BIN)/python -m jupyter lab --ip 127.0.0.1 --no-browser notebooks/
+	$(BIN)/python -m jupyter lab --ip 127.0.0.1 --no-browser $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 test: $(STAMP) $(DATA) browser
 	$(BIN)/python -m pytest
