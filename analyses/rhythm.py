@@ -25,7 +25,7 @@ import torch
 
 from analyses.metrics import fai, head_groups, head_span, rhythm_statistics, select_layers, top_q, waad, waad_delta
 
-__all__ = ["Rhythm", "rhythm", "rhythms"]
+__all__ = ["Rhythm", "rhythm", "rhythms", "series_from_patterns"]
 
 
 @dataclass
@@ -132,15 +132,21 @@ def _dtype(pattern: torch.Tensor) -> torch.dtype:
 
 def _from_patterns(patterns, logits, tokens, response_start, layers, q_heads, window, h_lo, h_hi, q, dtype) -> Rhythm:
     """Steps 1-7 of the module docstring from the selected layers' patterns {layer: [H, T, T]}."""
+    spans, local_heads, global_heads, waad_t, fai_t = series_from_patterns(
+        patterns, response_start, layers, q_heads, window, h_lo, h_hi)
+    return finish(layers, spans, local_heads, global_heads, waad_t, fai_t, logits, tokens, response_start, q, dtype)
+
+
+def series_from_patterns(patterns, response_start, layers, q_heads=0.3, window=10, h_lo=10, h_hi=100):
+    """Steps 1-4 of the module docstring from the selected layers' patterns {layer: [H, T, T]} of one
+    sequence: (head spans, local heads, global heads, WAAD, FAI)."""
     spans = {layer: head_span(patterns[layer], response_start) for layer in layers}
     local_idx, global_idx = head_groups(torch.stack([spans[layer] for layer in layers]), q_heads)
     local_heads = [(layers[row], head) for row, head in local_idx.tolist()]
     global_heads = [(layers[row], head) for row, head in global_idx.tolist()]
     abar_loc = torch.stack([patterns[layer][head] for layer, head in local_heads]).mean(0)
     abar_glob = torch.stack([patterns[layer][head] for layer, head in global_heads]).mean(0)
-    waad_t = waad(abar_loc, window)
-    fai_t = fai(abar_glob, h_lo, h_hi, response_start)
-    return finish(layers, spans, local_heads, global_heads, waad_t, fai_t, logits, tokens, response_start, q, dtype)
+    return spans, local_heads, global_heads, waad(abar_loc, window), fai(abar_glob, h_lo, h_hi, response_start)
 
 
 def prepare(model, tokens, response_start: int, layers: list[int] | None) -> tuple[torch.Tensor, int, list[int]]:

@@ -8,7 +8,7 @@ reference log-probs, logging, checkpointing and everything else. In each loss ca
    the attention patterns of the middle layers (`analyses.metrics.select_layers`: 5 evenly spaced layers
    between floor(L/3) and floor(2L/3)), and builds every sequence's preplan-and-anchor rhythm over its
    completion (response_start = the real prompt length) with the public metric functions of
-   `analyses.metrics` (head_span, head_groups, waad, fai, waad_delta, top_q), the same steps as
+   `analyses.rhythm.series_from_patterns` plus `analyses.metrics` (waad_delta, top_q), the same steps as
    `analyses.rhythm` (REFERENCE.md section 4);
 2. turns the rhythm into a per-token credit gamma with `studio.rl.credit.gamma` (strategy `credit`,
    parameters `credit_params`) and scales TRL's advantages, A_t -> gamma_t A_t (`apply_credit`, gamma
@@ -92,8 +92,8 @@ from typing import Any
 
 import torch
 
-from analyses.metrics import fai, head_groups, head_span, select_layers, top_q, waad, waad_delta
-from analyses.rhythm import Rhythm
+from analyses.metrics import select_layers, top_q, waad_delta
+from analyses.rhythm import Rhythm, series_from_patterns
 from studio.rl import credit as credit_lib
 from studio.rl.losses import cispo_loss, dapo_loss, grpo_loss
 
@@ -155,15 +155,9 @@ def _row_rhythm(patterns: dict[int, torch.Tensor], tokens: torch.Tensor, respons
                 q_heads: float, window: int | None, h_lo: int, h_hi: int | None, q: float,
                 entropy: torch.Tensor | None) -> Rhythm:
     """Steps 1-5 of `analyses.rhythm` from the selected layers' patterns {layer: [H, n, n]} of one sequence,
-    composed from the public `analyses.metrics` functions (no statistics: RL does not need them)."""
-    spans = {layer: head_span(patterns[layer], response_start) for layer in layers}
-    local_idx, global_idx = head_groups(torch.stack([spans[layer] for layer in layers]), q_heads)
-    local_heads = [(layers[row], head) for row, head in local_idx.tolist()]
-    global_heads = [(layers[row], head) for row, head in global_idx.tolist()]
-    abar_loc = torch.stack([patterns[layer][head] for layer, head in local_heads]).mean(0)
-    abar_glob = torch.stack([patterns[layer][head] for layer, head in global_heads]).mean(0)
-    waad_t = waad(abar_loc, window)
-    fai_t = fai(abar_glob, h_lo, h_hi, response_start)
+    from `analyses.rhythm.series_from_patterns` (no statistics: RL does not need them)."""
+    spans, local_heads, global_heads, waad_t, fai_t = series_from_patterns(
+        patterns, response_start, layers, q_heads, window, h_lo, h_hi)
     delta = waad_delta(waad_t)
     return Rhythm(
         layers=list(layers), head_span=spans, local_heads=local_heads, global_heads=global_heads,
