@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent H200: run ablation grids side by side, each with its own worker processes, all sharing the
-# GPU through CUDA MPS (without MPS the processes time-slice the GPU and small models get half the
-# throughput: measured 2026-11-30). GRIDS="name:workers ..." picks grids by file stem (default: every
+# GPU through CUDA MPS (without MPS the processes time-slice the GPU; a 6-layer d_model 64 cell ran about
+# 1.5x faster per process under MPS, 2026-11-30, docs/ablations.md). GRIDS="name:workers ..." picks grids by file stem (default: every
 # grid in benchmarks/grids/ with 4 workers); BUDGET_S (default 540) stops the runs in time to copy what
 # finished. Brings back $OUT/ablate.tgz: every cell's cell.json, result.json, run.json and metrics.jsonl,
 # plus each grid's tables and figures (no checkpoints). Cells resume across calls: unpack it into the
