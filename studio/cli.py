@@ -278,7 +278,7 @@ def cmd_rl(args) -> int:
     summary = run_experiment(args.out, credits, args.seeds, args.steps, task=args.task,
                              task_args=_task_args(args.task_args), init=args.init, spec=_rl_spec(args.spec),
                              warmup_steps=args.warmup_steps, device=args.device, progress=not args.no_progress,
-                             loss=args.loss, **opts)
+                             loss=args.loss, only_seed=args.only_seed, **opts)
     header = ["credit", "runs", "final accuracy (mean ± std)", "per seed", "rhythm pass (% of step)"]
     rows = []
     for credit, entry in summary["strategies"].items():
@@ -371,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "anchor, coupled")
     p.add_argument("--loss", default="cispo", choices=["grpo", "dapo", "cispo"])
     p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (0..N-1)")
+    p.add_argument("--only-seed", type=int, help="run only seed K of --seeds (several processes can share one --out, "
+                   "one seed each; the summary covers every finished run)")
     p.add_argument("--steps", type=int, required=True, help="RL steps per run")
     p.add_argument("--out", required=True, help="experiment directory (resumable: the same command continues it)")
     p.add_argument("--init", help="start from this model or run directory, or 'smollm2' (the converted "

@@ -154,3 +154,20 @@ def test_every_run_of_an_experiment_starts_from_the_same_weights(tmp_path, monke
     run_experiment(tmp_path / "exp", ["none", "anchor"], 1, 1, init=start, progress=False, device="cpu",
                    prompts_per_step=1, group_size=2, max_new_tokens=4, eval_prompts=1)
     assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+
+
+def test_only_seed_runs_one_seed_and_processes_can_share_an_experiment(tmp_path):
+    """--only-seed K: each process runs one seed into the same OUT; the last summary covers all finished runs."""
+    from studio.rl.experiment import run_experiment
+
+    start = tmp_path / "start"
+    build_model(TINY, seed=0).save(start)
+    opts = dict(prompts_per_step=2, group_size=2, max_new_tokens=6, eval_prompts=2, eval_every=1)
+    out = tmp_path / "exp"
+    summary = run_experiment(out, ["none"], 2, 1, init=start, progress=False, device="cpu", only_seed=1, **opts)
+    assert (out / "none" / "seed1" / "run.json").is_file() and not (out / "none" / "seed0").exists()
+    assert summary["strategies"]["none"]["n"] == 1
+    summary = run_experiment(out, ["none"], 2, 1, init=start, progress=False, device="cpu", only_seed=0, **opts)
+    assert summary["strategies"]["none"]["n"] == 2
+    with pytest.raises(ValueError, match="only_seed must be one of the seeds 0..1"):
+        run_experiment(out, ["none"], 2, 1, init=start, progress=False, device="cpu", only_seed=2, **opts)

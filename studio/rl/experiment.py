@@ -24,7 +24,7 @@ from typing import Any
 
 from studio.checkpoint import atomic_write_text
 
-__all__ = ["run_experiment", "load_experiment", "warm_up"]
+__all__ = ["run_experiment", "load_experiment", "summarize", "warm_up"]
 
 DEFAULT_SPEC = {"name": "rl-countdown", "d_model": 128, "n_layers": 4, "n_heads": 4, "mlp": "swiglu",
                 "mlp_ratio": 4.0, "pattern": "LS", "pattern_map": {"L": "lightning", "S": "softmax"}}
@@ -61,12 +61,14 @@ def warm_up(out: Path, spec: Any, task, steps: int, seed: int = 0, device: str =
 def run_experiment(out_dir: str | Path, credits: list[str], seeds: int, steps: int, task: str = "countdown",
                    task_args: dict | None = None, init: str | Path | None = None, spec: Any = None,
                    warmup_steps: int | None = None, device: str = "auto", progress: bool = True,
-                   **rl_opts: Any) -> dict:
+                   only_seed: int | None = None, **rl_opts: Any) -> dict:
     """Warm up, then RL-train every credit strategy x seed from the warmed-up weights; returns the summary.
 
     init: None (a fresh model of `spec`), a model or run directory, or "smollm2" (the converted
     SmolLM2-135M-Instruct, with its own tokenizer). warmup_steps: supervised steps on the task's worked
-    demonstrations before RL (default 1500 for a fresh model, 0 with `init`)."""
+    demonstrations before RL (default 1500 for a fresh model, 0 with `init`). only_seed: run just this seed
+    of the `seeds` (to spread one experiment over several processes writing to the same OUT; the summary
+    covers every finished run there)."""
     from studio.model import HybridLM
     from studio.rl.credit import STRATEGIES
     from studio.rl.train import rl_task, train
@@ -77,6 +79,8 @@ def run_experiment(out_dir: str | Path, credits: list[str], seeds: int, steps: i
         raise ValueError(f"unknown credit strategy {bad or credits}; choose from {', '.join(STRATEGIES)}")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if only_seed is not None and not 0 <= only_seed < seeds:
+        raise ValueError(f"only_seed must be one of the seeds 0..{seeds - 1}, got {only_seed}")
     out = Path(out_dir)
     task_args = dict(task_args or {})
     base: Any = spec
@@ -94,7 +98,7 @@ def run_experiment(out_dir: str | Path, credits: list[str], seeds: int, steps: i
         start = warm_up(out / "warmup", base, task_obj, warmup_steps, device=device, progress=progress)
     else:
         start = base
-    for seed in range(seeds):  # seed by seed, so an interrupted experiment has every strategy at seed 0 first
+    for seed in range(seeds) if only_seed is None else [only_seed]:  # seed by seed, so an interrupted experiment has every strategy at seed 0 first
         for credit in credits:
             run_dir = out / credit / f"seed{seed}"
             if (run_dir / "run.json").exists():
@@ -108,9 +112,7 @@ def run_experiment(out_dir: str | Path, credits: list[str], seeds: int, steps: i
             policy = copy.deepcopy(start) if isinstance(start, HybridLM) else start  # train() updates it in place
             train(policy, task_obj, steps, run_dir, credit=credit, seed=seed, device=device, progress=progress,
                   **rl_opts)
-    summary = load_experiment(out)
-    _write_outputs(out, summary)
-    return summary
+    return summarize(out)
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -144,6 +146,14 @@ def load_experiment(out_dir: str | Path) -> dict:
                      accuracies=acc, rhythm_overhead_pct=_mean([r["rhythm_overhead_pct"] for r in entry["runs"]
                                                                 if r["rhythm_overhead_pct"] is not None]))
     return {"runs": runs, "strategies": strategies}
+
+
+def summarize(out_dir: str | Path) -> dict:
+    """Write OUT's summary.json, summary.csv and figures from every run there (finished or not: each run
+    reports its steps and status) without training; returns the summary."""
+    summary = load_experiment(out_dir)
+    _write_outputs(Path(out_dir), summary)
+    return summary
 
 
 def _mean(values: list[float]) -> float | None:
