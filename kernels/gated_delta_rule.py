@@ -46,6 +46,7 @@ INTERPRET = triton.knobs.runtime.interpret
 DOT_PRECISION = {torch.float32: "tf32x3", torch.float16: "tf32", torch.bfloat16: "tf32"}
 MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 STATE_MIN_BV = 32  # smallest d_v tile the sequential kernels go down to when there are few sequences
+FP32_CUDA_MAX_CHUNK = 64  # float32 chunk tiles of 128 exceed the GPU's shared memory (see gated_delta_rule)
 INVERSE_BLOCK = 16  # diagonal blocks of A inverted by forward substitution, then merged with dots
 
 # Launch settings on the GPU (fixed, not autotuned: a miscompiled config would otherwise be picked silently;
@@ -758,7 +759,9 @@ def gated_delta_rule(
     cu_seqlens: int tensor [N + 1] of sequence bounds packed along T (B must be 1; chunks never cross a
     bound; every sequence starts from its own initial state; read on the host, so a CPU tensor avoids a
     sync). chunk_size: any positive int (padded to a power of two >= 16 inside; 64 is the fast choice for
-    head dim 128).
+    head dim 128). The chunk is a tiling choice, not part of the result: on CUDA, float32 inputs use at most
+    FP32_CUDA_MAX_CHUNK (the forward's float32 chunk tiles at 128 need 256 KiB of shared memory; the H200
+    has 227 KiB).
 
     Returns (o [B, T, H, Dv] in the inputs' dtype, final states [N, H, Dk, Dv] float32 or None unless
     output_final_state). Differentiable in q, k, v, beta, log_alpha and initial_state. Accumulation in
@@ -778,6 +781,8 @@ def gated_delta_rule(
         initial_state = initial_state.to(torch.float32).contiguous()
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if q.is_cuda and dtype == torch.float32:
+        chunk_size = min(chunk_size, FP32_CUDA_MAX_CHUNK)
     plan = _Plan(lengths, rows, starts, chunk_size, dk, dv, q.device)
     if plan.n_chunks == 0:  # T = 0, or only empty sequences
         o = v.new_zeros(b, n, h, dv)

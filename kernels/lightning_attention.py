@@ -87,8 +87,8 @@ def _load(ptr, rows, cend, cols, n_cols, st):
 @triton.jit
 def _operand(x, FP32_DOTS: tl.constexpr):
     """x as a dot operand: as loaded, or float32 when the gate gradients need float32 products."""
-    if FP32_DOTS:
-        return x.to(tl.float32)
+    if FP32_DOTS:  # one return: Triton on the GPU rejects returns of two dtypes even under a constexpr branch
+        x = x.to(tl.float32)
     return x
 
 
