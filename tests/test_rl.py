@@ -171,3 +171,21 @@ def test_only_seed_runs_one_seed_and_processes_can_share_an_experiment(tmp_path)
     assert summary["strategies"]["none"]["n"] == 2
     with pytest.raises(ValueError, match="only_seed must be one of the seeds 0..1"):
         run_experiment(out, ["none"], 2, 1, init=start, progress=False, device="cpu", only_seed=2, **opts)
+
+
+def test_rl_findings_compares_every_run_at_the_last_shared_evaluation():
+    """benchmarks/rl_findings.py on the committed H200 experiment: runs stopped at different steps are compared
+    at one step, and that step is one every run evaluated."""
+    from benchmarks.rl_findings import common_eval_step, read_runs, table
+
+    exp = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "rl" / "h200-countdown-34m"
+    runs = read_runs(exp)
+    assert set(runs) == {"none", "random", "entropy", "local", "anchor", "coupled"}
+    assert all(set(seeds) == {0, 1, 2} for seeds in runs.values())
+    step = common_eval_step(runs)
+    last_steps = [max(r["step"] for r in records) for seeds in runs.values() for records in seeds.values()]
+    assert step <= min(last_steps) and len(set(last_steps)) > 1
+    text = table(exp)
+    assert f"at step {step}" in text and text.count("\n| ") == 7  # header + 6 strategies
+    with pytest.raises(ValueError, match="has no evaluation at step 141"):
+        table(exp, at_step=141)
