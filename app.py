@@ -4,8 +4,8 @@ Six tabs, all logic in gradio-free modules (this file is layout and wiring only)
     Compose  spec editor (JSON/YAML, presets, per-layer table), live validation, diagram, cost table,
              one head's pattern                         studio.app_helpers, studio.layer_table, studio.diagram
     Train    a task, steps, live loss/accuracy, cancel; the user's runs     studio.training_jobs
-    Explore  default models, saved runs, SmolLM2: head grid, WAAD/FAI, preplan/anchor tokens, head spans,
-             token graph; two models side by side                            studio.explore
+    Explore  default models, saved runs (linearized ones too), SmolLM2: head grid, WAAD/FAI, preplan/anchor
+             tokens, head spans, token graph; two models side by side       studio.explore
     Ablate   variants (mixers x configurations / linear:softmax ratios) x tasks x seeds as a grid (YAML,
              checked live), run in the background with a live comparison chart and summary, stop and
              resume; load a finished or partial ablation                   studio.ablate_jobs
@@ -126,7 +126,7 @@ class Studio:
         return [p.name for p in user_runs(self.folder(user))]
 
     def sources(self, user: str) -> dict[str, ex.ModelSource]:
-        return ex.model_sources(user_runs(self.folder(user)), self.defaults.paths())
+        return ex.model_sources(ex.explorable_runs(self.folder(user)), self.defaults.paths())
 
 
 # A random id per browser, kept in its local storage: a reload or a restart of the server keeps it.

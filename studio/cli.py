@@ -161,13 +161,15 @@ def cmd_analyze(args) -> int:
     if not args.text.strip():  # checked before any model is loaded
         raise ValueError("--text is empty; give the text (or, with --pretrained, the question) to analyse")
     if args.run is not None:
+        from studio.explore import model_dir, tokenizer_for
         from studio.model import HybridLM
-        from studio.tasks.tokenizers import ByteTokenizer
 
-        model, tokenizer = HybridLM.load(args.run), ByteTokenizer()
-        if tokenizer.vocab_size > model.spec.vocab_size:
-            raise ValueError(f"the run's vocab_size {model.spec.vocab_size} is smaller than the byte tokenizer's "
-                             f"{tokenizer.vocab_size}; analyze it from Python with token ids of its task")
+        # a converted / linearized model reads text with the tokenizer saved beside it (tokenizer/)
+        model, tokenizer = HybridLM.load(model_dir(args.run)), tokenizer_for(args.run)
+        vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
+        if vocab > model.spec.vocab_size:
+            raise ValueError(f"the run's vocab_size {model.spec.vocab_size} is smaller than its tokenizer's "
+                             f"{vocab}; analyze it from Python with token ids of its task")
         prompt, text = "", args.text
     else:
         from studio.pretrained import chat_prompt, load_smollm2
@@ -291,6 +293,38 @@ def cmd_rl(args) -> int:
     return 0
 
 
+def cmd_linearize(args) -> int:
+    from studio.linearize import LINEARIZE_FILE, LoraSettings, read_linearize_run, run_linearize
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        keep = [int(i) for i in args.keep_softmax.replace(" ", "").split(",") if i not in ("", "none")]
+    except ValueError:
+        raise ValueError(f"--keep-softmax {args.keep_softmax!r}: give layer indices separated by commas, e.g. "
+                         "1,15,29 (or 'none')") from None
+    lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha,
+                        targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()))
+    opts = {k: v for k, v in {"batch_size": args.batch_size, "lr": args.lr, "eval_every": args.eval_every,
+                              "ckpt_every": args.ckpt_every, "seed": args.seed}.items() if v is not None}
+    finished_before = (os.path.isfile(os.path.join(args.out, LINEARIZE_FILE))
+                       and read_linearize_run(args.out).get("status") == "finished")
+    record = run_linearize(args.out, args.source, args.mixer, keep, mixer_params=_task_args(args.mixer_args) or None,
+                           lora=lora, corpus=args.corpus, seq_len=args.seq_len, tokenizer=args.tokenizer,
+                           steps=args.steps, device=args.device, progress=not args.no_progress, **opts)
+    if finished_before:
+        print(f"studio linearize: {args.out} was finished already; nothing was trained. Its report:", file=sys.stderr)
+    print(json.dumps({"run": str(args.out), "status": record["status"],
+                      "model": os.path.join(str(args.out), record["model"]) if "model" in record else None,
+                      **{k: record["report"][k] for k in ("replaced_layers", "reused_params", "new_params")},
+                      "trainable": record["trainable"], **record.get("trainer", {}).get("final", {})}, indent=2))
+    return 0
+
+
 def _rl_spec(spec: str | None):
     """--spec for the warm-up: a preset name or a spec file (None: the experiment's default)."""
     if spec is None:
@@ -355,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("analyze", help="preplan/anchor rhythm of a text (arXiv 2510.13554) as JSON and HTML")
-    p.add_argument("--run", help="a run directory (byte-level model)")
+    p.add_argument("--run", help="a run or model directory; read with its tokenizer/ folder (converted and "
+                   "linearized models), else its task's tokenizer, else bytes")
     p.add_argument("--pretrained", choices=["smollm2"], help="SmolLM2-135M-Instruct answers --text, then is analysed")
     p.add_argument("--text", required=True, help="the text to analyse (with --pretrained: the question)")
     p.add_argument("--response-start", type=int, default=0, help="first response position (with --run)")
@@ -391,6 +426,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_rl)
 
+    p = sub.add_parser("linearize", help="turn a pretrained softmax model into a hybrid (Liger / Lizard style) and "
+                       "fine-tune it with LoRA on local text; rerun to resume")
+    p.add_argument("--from", dest="source", required=True, help="'smollm2', or a studio model / run directory, or "
+                   "a local Hugging Face Llama folder")
+    p.add_argument("--mixer", required=True, choices=["liger", "lizard", "gla", "gated_delta"])
+    p.add_argument("--keep-softmax", required=True, help="layers that stay softmax, e.g. 1,15,29 ('none': none)")
+    p.add_argument("--out", required=True, help="run directory (e.g. runs/NAME); the same command again resumes it")
+    p.add_argument("--steps", type=int, default=200, help="fine-tuning steps (default 200)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, help="sequences per step (default 2)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    p.add_argument("--corpus", default="pydoc", help="pydoc, shakespeare or a text file (default pydoc)")
+    p.add_argument("--tokenizer", choices=["smollm2", "bytes"], help="the text's tokenizer (default: smollm2 "
+                   "for --from smollm2, else bytes)")
+    p.add_argument("--mixer-args", nargs="*", default=[], metavar="KEY=VALUE", help="the new layers' mixer "
+                   "parameters, e.g. window=64 short_conv=0")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", help="linear layers given adapters "
+                   "(default: the attention projections of every layer)")
+    for flag in ("--eval-every", "--ckpt-every", "--seed"):
+        p.add_argument(flag, type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_linearize)
+
     p = sub.add_parser("ablate", help="train a grid of variants x tasks x seeds (resumable) into tidy results + figures")
     p.add_argument("grid", help="a grid file (.yaml or .json; see docs/ablations.md)")
     p.add_argument("--out", required=True, help="results folder (e.g. results/NAME); rerun to resume")
@@ -420,9 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"studio {args.command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if args.command != "ablate":
+        if args.command not in ("ablate", "linearize"):
             raise
-        print("studio ablate: interrupted; run the same command again to resume from the last checkpoint",
+        print(f"studio {args.command}: interrupted; run the same command again to resume from the last checkpoint",
               file=sys.stderr)
         return 130
 

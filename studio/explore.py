@@ -44,7 +44,9 @@ class ExploreError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Something Explore can load: an embedded default, a saved run, or the pretrained SmolLM2."""
+    """Something Explore can load: an embedded default, a saved run (a training run, or a model folder
+    such as a linearized run's, loaded with the tokenizer it came with: `tokenizer_for`), or the
+    pretrained SmolLM2."""
 
     label: str
     kind: Literal["default", "run", "pretrained"]
@@ -84,8 +86,43 @@ def _run_task(path: Path) -> dict | None:
         raise ExploreError(f"the run {path.name!r} has a corrupt run.json ({err}); train it again or delete it") from None
 
 
-def _tokenizer_for(path: Path):
-    """The byte tokenizer, or the task's own tokenizer when the run trained on SmolLM2 tokens."""
+MERGED_MODEL_DIR = "model"  # a linearized run's merged model (studio.linearize), with its tokenizer/
+TOKENIZER_DIR = "tokenizer"  # a transformers tokenizer saved beside a model (as the SmolLM2 cache has)
+
+
+def model_dir(path: str | Path) -> Path:
+    """The model folder behind `path`: the folder itself when it holds config.json, else a linearized
+    run's merged `model/`, else a training run's last checkpoint."""
+    from studio.checkpoint import CONFIG_FILE, resolve_model_dir
+
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() and (path / MERGED_MODEL_DIR / CONFIG_FILE).is_file():
+        return path / MERGED_MODEL_DIR
+    return resolve_model_dir(path)
+
+
+def tokenizer_dir(path: str | Path) -> Path | None:
+    """The transformers tokenizer folder that came with a model (`tokenizer/` in the model folder, the
+    run folder or its `model/`), or None."""
+    path = Path(path)
+    candidates = [path / TOKENIZER_DIR, path / MERGED_MODEL_DIR / TOKENIZER_DIR]
+    try:
+        candidates.insert(0, model_dir(path) / TOKENIZER_DIR)
+    except (OSError, ValueError):
+        pass
+    return next((c for c in candidates if (c / "tokenizer_config.json").is_file()), None)
+
+
+def tokenizer_for(path: str | Path):
+    """The tokenizer of a model or run folder: its own `tokenizer/` folder (a converted or linearized
+    model: transformers' AutoTokenizer, local files only), else the tokenizer its training task named
+    (run.json, e.g. tokenizer=smollm2), else bytes."""
+    path = Path(path)
+    folder = tokenizer_dir(path)
+    if folder is not None:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     task = _run_task(path) or {}
     name = (task.get("args") or {}).get("tokenizer", "bytes")
     if name == "bytes":
@@ -95,12 +132,35 @@ def _tokenizer_for(path: Path):
     return get_tokenizer(name)
 
 
-def _stamp(path: Path) -> tuple:
-    from studio.checkpoint import resolve_model_dir
+_tokenizer_for = tokenizer_for  # the earlier private name
 
-    model_dir = resolve_model_dir(path)
-    weights = model_dir / "model.safetensors"
-    return str(model_dir), weights.stat().st_mtime_ns if weights.exists() else 0
+
+def is_converted_run(path: str | Path) -> bool:
+    """A linearized run (linearize.json), a folder holding a merged model/, or a model folder with its
+    own tokenizer/ (a converted model)."""
+    path = Path(path)
+    return ((path / "linearize.json").is_file() or (path / MERGED_MODEL_DIR / "config.json").is_file()
+            or ((path / "config.json").is_file() and (path / TOKENIZER_DIR / "tokenizer_config.json").is_file()))
+
+
+def explorable_runs(folder: str | Path) -> list[Path]:
+    """The training runs of a folder (newest first, `studio.training_jobs.user_runs`), then the converted
+    models that have no run.json of their own (`is_converted_run`), newest first."""
+    from studio.training_jobs import user_runs
+
+    folder = Path(folder)
+    runs = user_runs(folder)
+    if not folder.is_dir():
+        return runs
+    extra = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and p not in runs
+             and is_converted_run(p)]
+    return runs + sorted(extra, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _stamp(path: Path) -> tuple:
+    folder = model_dir(path)
+    weights = folder / "model.safetensors"
+    return str(folder), weights.stat().st_mtime_ns if weights.exists() else 0
 
 
 def load_source(source: ModelSource) -> tuple[HybridLM, object]:
@@ -123,7 +183,7 @@ def load_source(source: ModelSource) -> tuple[HybridLM, object]:
         if not source.path.exists():
             raise ExploreError(f"{source.label}: {source.path.name!r} no longer exists; pick another model")
         try:
-            model, tokenizer = HybridLM.load(source.path), _tokenizer_for(source.path)
+            model, tokenizer = HybridLM.load(model_dir(source.path)), tokenizer_for(source.path)
         except ExploreError:
             raise
         except Exception as err:  # corrupt config or weights: say so, never a traceback
@@ -171,7 +231,8 @@ def make_sequence(model: HybridLM, tokenizer, source: ModelSource, text: str, mo
     """The tokens to analyse.
 
     text: the text itself (all of it is the response: R = every position);
-    answer: the model writes a greedy answer to `text` (SmolLM2: as a chat turn); R = the answer;
+    answer: the model writes a greedy answer to `text` (as a chat turn when the tokenizer has a chat
+    template: SmolLM2 and the models converted from it); R = the answer;
     task example: one sequence of the task the run was trained on (for runs whose vocabulary is not text).
     """
     if mode not in MODES:
@@ -187,7 +248,7 @@ def make_sequence(model: HybridLM, tokenizer, source: ModelSource, text: str, mo
         ids = tokenizer.encode(text)
         _check_length(len(ids))
         return Sequence(torch.tensor(ids), _labels(tokenizer, ids), 0)
-    if source.kind == "pretrained":
+    if getattr(tokenizer, "chat_template", None):  # SmolLM2 and models converted from it: a chat turn
         from studio.pretrained import chat_prompt
 
         prompt_ids = tokenizer.encode(chat_prompt(tokenizer, text), add_special_tokens=False)

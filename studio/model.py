@@ -285,8 +285,10 @@ class HybridLM(HookedRootModule):
         return self._sources(embedded, fixed), fixed_states
 
     # ---- decoding ----------------------------------------------------------------------------
-    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
-        """Run the prompt in parallel form; return its logits and every layer's decoding state."""
+    def prefill(self, tokens: torch.Tensor, last_only: bool = False) -> tuple[torch.Tensor, list[dict]]:
+        """Run the prompt in parallel form; return its logits and every layer's decoding state.
+        `last_only`: the last position's logits only ([batch, 1, vocab]; a long prompt's full logits are
+        T x vocab floats, 1.6 GB for 8K tokens of a 49K vocabulary)."""
         tokens = self._check_tokens(tokens)
         resid = self.hook_embed(self.embed(tokens))
         qk_resids, fixed_states = self._qk_resids(resid, return_state=True)
@@ -296,7 +298,7 @@ class HybridLM(HookedRootModule):
             if i < len(fixed_states):
                 state["fixed"] = fixed_states[i]
             states.append(state)
-        return self._logits(resid), states
+        return self._logits(resid[:, -1:] if last_only else resid), states
 
     def step(self, token: torch.Tensor, states: list[dict | None] | None = None):
         """One token per sequence, token [batch] -> (logits [batch, vocab], new states).

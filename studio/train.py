@@ -174,8 +174,13 @@ def _load_checkpoint(path: Path, model: HybridLM, optimizer: torch.optim.Optimiz
 
 
 def _optimizer(model: HybridLM, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith("embed")]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and not n.startswith("embed"))]
+    """AdamW over the trainable parameters only (frozen ones, e.g. base weights under LoRA, are left out);
+    matrices other than the embedding decay."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameter (every requires_grad is False)")
+    decay = [p for n, p in trainable if p.ndim >= 2 and not n.startswith("embed")]
+    rest = [p for n, p in trainable if not (p.ndim >= 2 and not n.startswith("embed"))]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
 
@@ -225,7 +230,10 @@ def train(
 
     `opts` are `TrainConfig` fields. `callback(record)` is called with each metrics record; if it
     returns "stop", training stops after saving a checkpoint. `resume=True` continues the run in
-    `out_dir` from its last checkpoint (spec, task and options come from the run record).
+    `out_dir` from its last checkpoint (spec, task and options come from the run record); the model is
+    rebuilt from the recorded spec, unless `spec_or_model` is a `HybridLM` of that spec: then that very
+    model is resumed, as it is (a model with LoRA adapters or frozen weights keeps them). Only parameters
+    with requires_grad are optimised.
     """
     out = Path(out_dir)
     rank, world, local_rank = _distributed()
@@ -241,7 +249,13 @@ def train(
         cfg = TrainConfig(**{**run["config"], "betas": tuple(run["config"]["betas"]), **opts})
         spec = ArchSpec.from_dict(run["spec"])
         task = get_task(run["task"]["name"], **run["task"]["args"])
-        model = build_model(spec, seed=cfg.seed)
+        if isinstance(spec_or_model, HybridLM):
+            if spec_or_model.spec.to_dict() != spec.to_dict():
+                raise ValueError(f"the model given to resume {str(out)!r} is not of the run's spec (run.json); "
+                                 "pass a model built from that spec, or None to rebuild it")
+            model = spec_or_model
+        else:
+            model = build_model(spec, seed=cfg.seed)
     else:
         cfg = TrainConfig(**opts)
         if isinstance(task, str):

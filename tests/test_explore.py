@@ -149,3 +149,77 @@ def test_missing_or_corrupt_runs_give_explore_errors(runs, tmp_path):
         ex.load_source(source)
     with pytest.raises(ex.ExploreError, match="no longer exists|pick another"):
         ex.load_source(ex.ModelSource("run: gone", "run", tmp_path / "gone"))
+
+
+# ---- converted models: a model folder with its own tokenizer/ (what studio linearize writes) -----------------
+WORDS = "The cat sat on the mat , and the dog sat on the log . Who sat where ?"
+
+
+def _word_tokenizer(folder):
+    """A real transformers tokenizer (word level, with a chat template), saved as a tokenizer/ folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate(sorted(set(WORDS.split())))}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} ?{% endfor %}"
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """runs/teacher (a model folder: config.json, weights, tokenizer/) and runs/lin-run (a linearized run:
+    linearize.json and model/ with its tokenizer/, no run.json), sharing one tokenizer."""
+    from studio.model import build_model
+
+    folder = tmp_path_factory.mktemp("converted")
+    tokenizer = _word_tokenizer(folder / "teacher" / "tokenizer")
+    spec = {"vocab_size": len(tokenizer), "d_model": 32, "n_layers": 2, "n_heads": 2,
+            "layers": [{"mixer": "softmax"}] * 2}
+    build_model({**spec, "name": "teacher"}).save(folder / "teacher")
+    hybrid = {**spec, "name": "hybrid", "layers": [{"mixer": "softmax"}, {"mixer": "liger", "window": 4}]}
+    build_model(hybrid).save(folder / "lin-run" / "model")
+    _word_tokenizer(folder / "lin-run" / "model" / "tokenizer")
+    (folder / "lin-run" / "linearize.json").write_text(json.dumps({"settings": {"mixer": "liger"}}))
+    return folder
+
+
+def test_a_linearized_run_is_listed_and_read_with_its_own_tokenizer(converted):
+    run = converted / "lin-run"
+    assert set(ex.explorable_runs(converted)) == {run, converted / "teacher"}  # no run.json: listed all the same
+    assert ex.model_dir(run) == run / "model" and ex.model_dir(run / "model") == run / "model"
+    sources = ex.model_sources(ex.explorable_runs(converted), pretrained=False)
+    model, tokenizer = ex.load_source(sources["run: lin-run"])
+    assert hasattr(tokenizer, "apply_chat_template") and len(tokenizer) == model.spec.vocab_size
+    seq = ex.make_sequence(model, tokenizer, sources["run: lin-run"], WORDS)
+    assert seq.ids.tolist() == tokenizer.encode(WORDS) and seq.labels[:3] == ["The", "cat", "sat"]
+    answer = ex.make_sequence(model, tokenizer, sources["run: lin-run"], "Who sat", "answer", max_new_tokens=4)
+    assert answer.response_start == len(tokenizer.encode("Who sat ?")) == 3  # asked through the chat template
+
+
+def test_teacher_and_hybrid_compare_on_the_same_tokens(converted):
+    """Explore's side-by-side: the teacher's folder and the linearized run read one text as the same tokens."""
+    teacher = ex.ModelSource("teacher", "run", converted / "teacher")
+    hybrid = ex.ModelSource("run: lin-run", "run", converted / "lin-run")
+    (t_model, t_tok), (h_model, h_tok) = ex.load_source(teacher), ex.load_source(hybrid)
+    t_seq, h_seq = ex.make_sequence(t_model, t_tok, teacher, WORDS), ex.make_sequence(h_model, h_tok, hybrid, WORDS)
+    assert torch.equal(t_seq.ids, h_seq.ids)
+    t_view = ex.views(t_model, ex.explore(t_model, t_seq), layer=1)
+    h_view = ex.views(h_model, ex.explore(h_model, h_seq), layer=1)
+    assert "softmax" in t_view["heads"].layout.title.text and "liger" in h_view["heads"].layout.title.text
+
+
+@pytest.mark.parametrize("where", ["lin-run", "lin-run/model", "teacher"])
+def test_analyze_reads_a_converted_model_with_its_tokenizer(converted, tmp_path, where):
+    from transformers import AutoTokenizer
+
+    from studio.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["analyze", "--run", str(converted / where), "--text", WORDS, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(converted / "teacher" / "tokenizer"), local_files_only=True)
+    assert [t["text"] for t in report["tokens"]] == [tokenizer.decode([i]) for i in tokenizer.encode(WORDS)]
