@@ -116,8 +116,12 @@ class Softmax(Mixer):
         return 1.0 / math.sqrt(self.shape.d_head)
 
     def _keep(self, keys: torch.Tensor, values: torch.Tensor):
+        """The decoding cache: every key and value, or the last `window` of them as copies (a slice
+        would keep the whole prompt's keys and values alive)."""
         w = self.window
-        return (keys, values) if w is None else (keys[:, :, -w:], values[:, :, -w:])
+        if w is None or keys.shape[2] <= w:
+            return keys, values
+        return keys[:, :, -w:].clone(), values[:, :, -w:].clone()
 
     def _same_heads(self, k, v):
         """k and v with one head count (collapsed q/k has one key head, symmetric n_heads)."""
