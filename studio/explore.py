@@ -93,11 +93,8 @@ TOKENIZER_DIR = "tokenizer"  # a transformers tokenizer saved beside a model (as
 def model_dir(path: str | Path) -> Path:
     """The model folder behind `path`: the folder itself when it holds config.json, else a linearized
     run's merged `model/`, else a training run's last checkpoint."""
-    from studio.checkpoint import CONFIG_FILE, resolve_model_dir
+    from studio.checkpoint import resolve_model_dir
 
-    path = Path(path)
-    if not (path / CONFIG_FILE).is_file() and (path / MERGED_MODEL_DIR / CONFIG_FILE).is_file():
-        return path / MERGED_MODEL_DIR
     return resolve_model_dir(path)
 
 

@@ -213,6 +213,9 @@ def test_a_hugging_face_llama_folder_is_linearized_with_its_tokenizer(tmp_path):
     assert record["status"] == "finished" and record["settings"]["source"] == str(folder.resolve())
     model = HybridLM.load(tmp_path / "run" / "model")
     assert [layer.mixer for layer in model.spec.layers] == ["softmax", "gated_delta"]
+    # the run folder itself loads its merged model (its checkpoints hold LoRA adapters, which HybridLM refuses)
+    from_run = HybridLM.load(tmp_path / "run")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), from_run.state_dict().values()))
     assert model.spec.layers[1].params["short_conv"] == 0 and not any("conv" in n for n, _ in model.named_parameters())
     assert (tmp_path / "run" / "model" / "tokenizer" / "tokenizer.json").is_file() == tokenizer.is_dir()
 
