@@ -76,11 +76,12 @@ def _value(text: str):
         return text
 
 
-def _task_args(pairs: list[str]) -> dict:
+def _task_args(pairs: list[str], option: str = "--task-args", example: str = "seq_len=64 num_pairs=8") -> dict:
+    """KEY=VALUE pairs of an option (--task-args, --mixer-args) as a dict of parsed values."""
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"--task-args takes key=value pairs, got {pair!r} (e.g. --task-args seq_len=64 num_pairs=8)")
+            raise ValueError(f"{option} takes key=value pairs, got {pair!r} (e.g. {option} {example})")
         key, value = pair.split("=", 1)
         out[key.strip()] = _value(value)
     return out
@@ -313,7 +314,7 @@ def cmd_linearize(args) -> int:
                               "ckpt_every": args.ckpt_every, "seed": args.seed}.items() if v is not None}
     finished_before = (os.path.isfile(os.path.join(args.out, LINEARIZE_FILE))
                        and read_linearize_run(args.out).get("status") == "finished")
-    record = run_linearize(args.out, args.source, args.mixer, keep, mixer_params=_task_args(args.mixer_args) or None,
+    record = run_linearize(args.out, args.source, args.mixer, keep, mixer_params=_task_args(args.mixer_args, "--mixer-args", "window=64 short_conv=0") or None,
                            lora=lora, corpus=args.corpus, seq_len=args.seq_len, tokenizer=args.tokenizer,
                            steps=args.steps, device=args.device, progress=not args.no_progress, **opts)
     if finished_before:

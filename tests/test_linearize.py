@@ -192,6 +192,9 @@ def test_cli_linearizes_end_to_end(teacher_dir, tmp_path, capsys):
            str(tmp_path / "bad"), "--steps", "1", "--no-progress"]
     assert main(bad) == 2
     assert "out of range" in capsys.readouterr().err
+    no_value = [*bad[:6], "1", *bad[7:], "--mixer-args", "short_conv"]
+    assert main(no_value) == 2
+    assert "--mixer-args takes key=value pairs, got 'short_conv'" in capsys.readouterr().err
 
 
 def test_a_hugging_face_llama_folder_is_linearized_with_its_tokenizer(tmp_path):
