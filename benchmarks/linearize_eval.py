@@ -7,7 +7,7 @@
 
 Models: the teacher (`--teacher smollm2`: SmolLM2-135M-Instruct from `studio.pretrained`, or a model folder
 with its tokenizer/), and per `--run` (a `studio linearize` run directory, or a model folder) the fine-tuned
-model (the run's merged model/, read with `studio.explore.model_dir` / `tokenizer_for`) and, unless
+model (the run's merged model/, read with `HybridLM.load` / `studio.explore.tokenizer_for`) and, unless
 --skip-untrained, the converted model before fine-tuning, rebuilt from the teacher with
 `studio.linearize.linearize(teacher, mixer, keep_softmax)` as the run's linearize.json records it.
 
@@ -47,11 +47,11 @@ def load_teacher(which: str):
 
         model, tokenizer = load_smollm2()
         return model.eval(), tokenizer, "smollm2"
-    from studio.explore import model_dir, tokenizer_for
+    from studio.explore import tokenizer_for
     from studio.model import HybridLM
 
     tokenizer = tokenizer_for(which)
-    return HybridLM.load(model_dir(which)).eval(), tokenizer, tokenizer
+    return HybridLM.load(which).eval(), tokenizer, tokenizer
 
 
 def run_settings(run: Path) -> dict:
@@ -168,7 +168,7 @@ def main() -> None:
     rows = [measure("teacher", teacher, teacher_tokenizer, teacher_ppl_tokenizer, args)]
     teacher_ppl = rows[0]["perplexity"]["ppl"]
     for run in args.run:
-        from studio.explore import model_dir, tokenizer_for
+        from studio.explore import tokenizer_for
         from studio.model import HybridLM
 
         settings = run_settings(run)
@@ -182,7 +182,7 @@ def main() -> None:
             untrained_row = measure(f"{run.name} untrained", untrained, tokenizer, ppl_tokenizer, args)
             rows.append(untrained_row)
             del untrained
-        finetuned = HybridLM.load(model_dir(run)).eval()
+        finetuned = HybridLM.load(run).eval()
         row = measure(f"{run.name} fine-tuned", finetuned, tokenizer, ppl_tokenizer, args)
         row["run"], row["settings"] = str(run), settings
         if untrained_row is not None:

@@ -77,14 +77,17 @@ def read_config(directory: str | Path) -> dict:
     return config
 
 
+MERGED_MODEL_DIR = "model"  # a run's merged model (studio linearize writes it beside its LoRA checkpoints)
+
+
 def resolve_model_dir(directory: str | Path) -> Path:
     """A model directory; a run directory whose merged `model/` exists (`studio linearize`: its checkpoints
     hold LoRA adapters, the merged model does not); or a training run directory (its last checkpoint)."""
     from studio.train import read_run
 
     directory = Path(directory)
-    if not (directory / CONFIG_FILE).is_file() and (directory / "model" / CONFIG_FILE).is_file():
-        return directory / "model"
+    if not (directory / CONFIG_FILE).is_file() and (directory / MERGED_MODEL_DIR / CONFIG_FILE).is_file():
+        return directory / MERGED_MODEL_DIR
     if not (directory / CONFIG_FILE).is_file() and (directory / "run.json").is_file():
         last = read_run(directory).get("last_checkpoint")
         if not last:

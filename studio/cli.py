@@ -162,11 +162,11 @@ def cmd_analyze(args) -> int:
     if not args.text.strip():  # checked before any model is loaded
         raise ValueError("--text is empty; give the text (or, with --pretrained, the question) to analyse")
     if args.run is not None:
-        from studio.explore import model_dir, tokenizer_for
+        from studio.explore import tokenizer_for
         from studio.model import HybridLM
 
         # a converted / linearized model reads text with the tokenizer saved beside it (tokenizer/)
-        model, tokenizer = HybridLM.load(model_dir(args.run)), tokenizer_for(args.run)
+        model, tokenizer = HybridLM.load(args.run), tokenizer_for(args.run)
         vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
         if vocab > model.spec.vocab_size:
             raise ValueError(f"the run's vocab_size {model.spec.vocab_size} is smaller than its tokenizer's "

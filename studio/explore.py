@@ -86,25 +86,18 @@ def _run_task(path: Path) -> dict | None:
         raise ExploreError(f"the run {path.name!r} has a corrupt run.json ({err}); train it again or delete it") from None
 
 
-MERGED_MODEL_DIR = "model"  # a linearized run's merged model (studio.linearize), with its tokenizer/
 TOKENIZER_DIR = "tokenizer"  # a transformers tokenizer saved beside a model (as the SmolLM2 cache has)
-
-
-def model_dir(path: str | Path) -> Path:
-    """The model folder behind `path`: the folder itself when it holds config.json, else a linearized
-    run's merged `model/`, else a training run's last checkpoint."""
-    from studio.checkpoint import resolve_model_dir
-
-    return resolve_model_dir(path)
 
 
 def tokenizer_dir(path: str | Path) -> Path | None:
     """The transformers tokenizer folder that came with a model (`tokenizer/` in the model folder, the
     run folder or its `model/`), or None."""
+    from studio.checkpoint import resolve_model_dir
+
     path = Path(path)
-    candidates = [path / TOKENIZER_DIR, path / MERGED_MODEL_DIR / TOKENIZER_DIR]
-    try:
-        candidates.insert(0, model_dir(path) / TOKENIZER_DIR)
+    candidates = [path / TOKENIZER_DIR]
+    try:  # the model folder behind a run (its merged model/ or last checkpoint)
+        candidates.insert(0, resolve_model_dir(path) / TOKENIZER_DIR)
     except (OSError, ValueError):
         pass
     return next((c for c in candidates if (c / "tokenizer_config.json").is_file()), None)
@@ -129,12 +122,12 @@ def tokenizer_for(path: str | Path):
     return get_tokenizer(name)
 
 
-_tokenizer_for = tokenizer_for  # the earlier private name
-
 
 def is_converted_run(path: str | Path) -> bool:
     """A linearized run (linearize.json), a folder holding a merged model/, or a model folder with its
     own tokenizer/ (a converted model)."""
+    from studio.checkpoint import MERGED_MODEL_DIR
+
     path = Path(path)
     return ((path / "linearize.json").is_file() or (path / MERGED_MODEL_DIR / "config.json").is_file()
             or ((path / "config.json").is_file() and (path / TOKENIZER_DIR / "tokenizer_config.json").is_file()))
@@ -155,7 +148,9 @@ def explorable_runs(folder: str | Path) -> list[Path]:
 
 
 def _stamp(path: Path) -> tuple:
-    folder = model_dir(path)
+    from studio.checkpoint import resolve_model_dir
+
+    folder = resolve_model_dir(path)
     weights = folder / "model.safetensors"
     return str(folder), weights.stat().st_mtime_ns if weights.exists() else 0
 
@@ -180,7 +175,7 @@ def load_source(source: ModelSource) -> tuple[HybridLM, object]:
         if not source.path.exists():
             raise ExploreError(f"{source.label}: {source.path.name!r} no longer exists; pick another model")
         try:
-            model, tokenizer = HybridLM.load(model_dir(source.path)), tokenizer_for(source.path)
+            model, tokenizer = HybridLM.load(source.path), tokenizer_for(source.path)
         except ExploreError:
             raise
         except Exception as err:  # corrupt config or weights: say so, never a traceback

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from studio.checkpoint import CONFIG_FILE, FORMAT as MODEL_FORMAT, atomic_write_text, read_record
+from studio.checkpoint import CONFIG_FILE, FORMAT as MODEL_FORMAT, MERGED_MODEL_DIR as MODEL_DIR, atomic_write_text, read_record
 from studio.model import HybridLM, build_model
 from studio.spec import ArchSpec
 
@@ -55,7 +55,6 @@ SUPPORTED_MIXERS = ("liger", "lizard", "gla", "gated_delta")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LINEARIZE_FORMAT = "hybrid-attention-studio/linearize@1"
 LINEARIZE_FILE = "linearize.json"
-MODEL_DIR = "model"
 TOKENIZER_DIR = "tokenizer"
 # Defaults of the new layers' mixer parameters in a linearized model (`mixer_params` overrides them): Liger's
 # and Lizard's GLA part in chunks of 16 instead of 64 is the same function with a quarter of the memory in
@@ -244,12 +243,6 @@ def merge_lora(model: HybridLM) -> HybridLM:
 
 
 # ---- sources -------------------------------------------------------------------------------------------
-def _is_pretrained_name(source: str) -> bool:
-    from studio.convert.hf import PRETRAINED_NAMES
-
-    return source.lower() in PRETRAINED_NAMES and not Path(source).is_dir()
-
-
 def _is_studio_dir(path: Path) -> bool:
     from studio.train import RUN_FILE
 
@@ -265,16 +258,19 @@ def load_teacher(source: str | os.PathLike) -> HybridLM:
     """The model to linearize: "smollm2" (SmolLM2-135M-Instruct, offline), a studio model or run directory
     (`HybridLM.load`), or a local Hugging Face Llama folder (`studio.convert.from_hf`)."""
     from studio.convert import from_hf
+    from studio.convert.hf import is_pretrained_name
 
     source = str(source)
-    if not _is_pretrained_name(source) and _is_studio_dir(Path(source)):
+    if not is_pretrained_name(source) and _is_studio_dir(Path(source)):
         return HybridLM.load(source)
     return from_hf(source)
 
 
 def _canonical_source(source: str | os.PathLike) -> str:
+    from studio.convert.hf import is_pretrained_name
+
     source = str(source)
-    return "smollm2" if _is_pretrained_name(source) else str(Path(source).expanduser().resolve())
+    return "smollm2" if is_pretrained_name(source) else str(Path(source).expanduser().resolve())
 
 
 def _copy_tokenizer(source: str, target: Path) -> str | None:

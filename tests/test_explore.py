@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from studio import explore as ex
+from studio.checkpoint import resolve_model_dir
 from studio.training_jobs import TrainingJob, inside, metrics_figure, run_name, user_dir, user_runs
 
 TEXT_SPEC = {"name": "tiny-text", "vocab_size": 258, "d_model": 32, "n_layers": 3, "n_heads": 2,
@@ -190,7 +191,7 @@ def converted(tmp_path_factory):
 def test_a_linearized_run_is_listed_and_read_with_its_own_tokenizer(converted):
     run = converted / "lin-run"
     assert set(ex.explorable_runs(converted)) == {run, converted / "teacher"}  # no run.json: listed all the same
-    assert ex.model_dir(run) == run / "model" and ex.model_dir(run / "model") == run / "model"
+    assert resolve_model_dir(run) == run / "model" and resolve_model_dir(run / "model") == run / "model"
     sources = ex.model_sources(ex.explorable_runs(converted), pretrained=False)
     model, tokenizer = ex.load_source(sources["run: lin-run"])
     assert hasattr(tokenizer, "apply_chat_template") and len(tokenizer) == model.spec.vocab_size

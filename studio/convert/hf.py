@@ -26,7 +26,7 @@ from typing import Any
 
 from studio.model import HybridLM
 
-__all__ = ["from_hf", "load_folder_tokenizer", "PRETRAINED_NAMES", "TOKENIZER_FILES"]
+__all__ = ["from_hf", "is_pretrained_name", "load_folder_tokenizer", "PRETRAINED_NAMES", "TOKENIZER_FILES"]
 
 # Names of models the studio can read offline, each mapped to the loader that returns (model, tokenizer).
 PRETRAINED_NAMES = ("smollm2", "smollm2-135m-instruct")
@@ -39,12 +39,17 @@ _SOURCES_HINT = (
 )
 
 
+def is_pretrained_name(source: str | os.PathLike) -> bool:
+    """Whether `source` names a model the studio reads offline (a folder of that name wins)."""
+    return str(source).lower() in PRETRAINED_NAMES and not Path(source).is_dir()
+
+
 def from_hf(path_or_name: str | os.PathLike, with_tokenizer: bool = False) -> HybridLM | tuple[HybridLM, Any]:
     """A float32 `HybridLM` (eval mode) computing what the Hugging Face model `path_or_name` computes; with
     `with_tokenizer`, (model, tokenizer). Raises ValueError for an unknown name, a folder that is not a Llama
     checkpoint (naming what is wrong and what is accepted), or a missing tokenizer when one is asked for."""
     name = str(path_or_name)
-    if name.lower() in PRETRAINED_NAMES and not Path(name).is_dir():
+    if is_pretrained_name(name):
         from studio.pretrained import load_smollm2
 
         model, tokenizer = load_smollm2()
