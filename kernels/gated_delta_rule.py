@@ -59,7 +59,10 @@ CONFIG = {
     "output_fwd": dict(BV=128, num_warps=4, num_stages=2),
     "dv_local": dict(BV=128, num_warps=4, num_stages=2),
     "state_bwd": dict(BV=64, num_warps=4, num_stages=2),
-    "chunk_bwd": dict(BK=64, BV=64, num_warps=4, num_stages=2),
+    # One stage: software-pipelining its d_v loop (num_stages=2), Triton 3.6 on sm_90 computed the loop's
+    # last dot on the shared S tile wrong (dW, 11-16% off in d_k columns 0-31 of every 64-wide tile, in bf16;
+    # benchmarks/results/gated-delta-variants-h200.json). BV=128 (no loop) was right too.
+    "chunk_bwd": dict(BK=64, BV=64, num_warps=4, num_stages=1),
     "wy_bwd_da": dict(BK=64, BV=64, num_warps=4, num_stages=1),
     "wy_bwd_dk": dict(BK=64, num_warps=4, num_stages=1),
 }

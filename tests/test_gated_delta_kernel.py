@@ -284,12 +284,13 @@ def test_fp32_cuda():
 
 
 @needs_cuda
+@pytest.mark.parametrize("gate", ["mixed", None])  # without decay dW weighs in dk: a wrong dW shows
 @pytest.mark.parametrize("num_warps", [2, 8])
 @pytest.mark.parametrize("kernel", sorted(kernel_module.CONFIG))
-def test_cuda_launch_settings(monkeypatch, kernel, num_warps):
+def test_cuda_launch_settings(monkeypatch, kernel, num_warps, gate):
     """One kernel at a time with other warps (Triton has miscompiled some settings on Hopper: this says which)."""
     monkeypatch.setitem(kernel_module.CONFIG, kernel, {**kernel_module.CONFIG[kernel], "num_warps": num_warps})
-    inputs = _cuda_inputs(23, 2, 512, 2, 128, "mixed", True)
+    inputs = _cuda_inputs(23, 2, 512, 2, 128, gate, True)
     assert_close(run_both(inputs, scale=128**-0.5, chunk_size=64, ref_dtype=torch.float32), tol=2e-2)
 
 
