@@ -9,7 +9,10 @@ if [ ! -f /tmp/site/sitecustomize.py ]; then  # once per machine (another script
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi -L
-STUDIO_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_lightning_kernel.py \
+# With pytest-xdist carried in .whl the tests run in 12 processes (compiling is most of their time: 90 s
+# instead of 583 s on 2026-11-30); without it, in one.
+workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 12")
+STUDIO_AUTOTUNE=0 python3 -m pytest -q $workers -p no:cacheprovider --tb=short tests/test_lightning_kernel.py \
     tests/test_sliding_window_kernel.py tests/test_gated_delta_kernel.py tests/test_decode_step_kernel.py \
     tests/test_kernel_dispatch.py > "$OUT/kernel-tests.log" 2>&1
 grep -E "^E   (Assertion|torch)|^FAILED|passed|failed" "$OUT/kernel-tests.log" | cut -c1-300 | tail -20
