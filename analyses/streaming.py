@@ -81,14 +81,10 @@ def streaming_softmax_stats(
     h_hi: int | None = 100,
     block: int = 128,
 ) -> dict[str, torch.Tensor]:
-    """Head span, WAAD and FAI of causal softmax attention A = softmax_s(q_t.k_s scale) over s <= t (and
-    t - s < window when `window` is set: sliding-window attention), without forming A.
-
-    q, k: [B, H, T, D] (k already expanded to the H query heads; post-RoPE). Returns
-    {"span": [B, H], "waad": [B, H, T], "fai": [B, H, T]} in float64 for float64 input, else float32.
+    """Head span, WAAD and FAI of causal (sliding-window) softmax attention without forming the pattern:
+    the arguments and result of `kernels.reference.softmax_attention_stats_reference`, which documents them.
     CUDA tensors (not float64) go to the Triton kernel `kernels.softmax_attention_stats` when Triton is
-    installed (`block` is then unused); anything else to the torch reference
-    `kernels.reference.softmax_attention_stats_reference` (blocks of `block` keys)."""
+    installed (`block` is then unused); anything else to that torch reference (blocks of `block` keys)."""
     if q.is_cuda and torch.float64 not in (q.dtype, k.dtype) and importlib.util.find_spec("triton") is not None:
         from kernels.softmax_attention_stats import softmax_attention_stats  # here: triton is Linux-only
 

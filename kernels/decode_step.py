@@ -50,14 +50,11 @@ def _state_ptrs(ptr, b, h, stride_b, stride_h, stride_k, stride_v, offs_k, offs_
 
 
 @triton.jit
-def _decay_linear_step_kernel(
-        q_ptr, k_ptr, v_ptr, ld_ptr, s_ptr, o_ptr, ns_ptr,
-        stride_qb, stride_qh, stride_qd, stride_kb, stride_kh, stride_kd, stride_vb, stride_vh, stride_vd,
-        stride_ldb, stride_ldh,
-        stride_sb, stride_sh, stride_sk, stride_sv, stride_nb, stride_nh, stride_nk, stride_nv,
-        n_heads, bh_bucket, scale,
-        DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-        HAS_STATE: tl.constexpr):
+def _step_tile(q_ptr, k_ptr, v_ptr, stride_qb, stride_qh, stride_qd, stride_kb, stride_kh, stride_kd,
+               stride_vb, stride_vh, stride_vd, n_heads,
+               DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """This program's (batch, head, d_v tile), shared by both step kernels: the flat index bh = b * H + h,
+    b, h, the d_k and d_v offsets, the mask of the state tile, and q, k [BLOCK_DK], v [BLOCK_DV] as float32."""
     bh = tl.program_id(0)
     pid_v = tl.program_id(1)
     b, h = bh // n_heads, bh % n_heads
@@ -67,6 +64,21 @@ def _decay_linear_step_kernel(
     q = _vector(q_ptr, b, h, stride_qb, stride_qh, stride_qd, offs_k, DK)
     k = _vector(k_ptr, b, h, stride_kb, stride_kh, stride_kd, offs_k, DK)
     v = _vector(v_ptr, b, h, stride_vb, stride_vh, stride_vd, offs_v, DV)
+    return bh, b, h, offs_k, offs_v, tile_mask, q, k, v
+
+
+@triton.jit
+def _decay_linear_step_kernel(
+        q_ptr, k_ptr, v_ptr, ld_ptr, s_ptr, o_ptr, ns_ptr,
+        stride_qb, stride_qh, stride_qd, stride_kb, stride_kh, stride_kd, stride_vb, stride_vh, stride_vd,
+        stride_ldb, stride_ldh,
+        stride_sb, stride_sh, stride_sk, stride_sv, stride_nb, stride_nh, stride_nk, stride_nv,
+        n_heads, bh_bucket, scale,
+        DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_STATE: tl.constexpr):
+    bh, b, h, offs_k, offs_v, tile_mask, q, k, v = _step_tile(
+        q_ptr, k_ptr, v_ptr, stride_qb, stride_qh, stride_qd, stride_kb, stride_kh, stride_kd,
+        stride_vb, stride_vh, stride_vd, n_heads, DK, DV, BLOCK_DK, BLOCK_DV)
     state = k[:, None] * v[None, :]
     if HAS_STATE:
         decay = tl.exp(_scalar(ld_ptr, b, h, stride_ldb, stride_ldh))
@@ -88,15 +100,9 @@ def _gated_delta_step_kernel(
         n_heads, bh_bucket, scale,
         DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_STATE: tl.constexpr, HAS_ALPHA: tl.constexpr):
-    bh = tl.program_id(0)
-    pid_v = tl.program_id(1)
-    b, h = bh // n_heads, bh % n_heads
-    offs_k = tl.arange(0, BLOCK_DK)
-    offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    tile_mask = (offs_k[:, None] < DK) & (offs_v[None, :] < DV)
-    q = _vector(q_ptr, b, h, stride_qb, stride_qh, stride_qd, offs_k, DK)
-    k = _vector(k_ptr, b, h, stride_kb, stride_kh, stride_kd, offs_k, DK)
-    v = _vector(v_ptr, b, h, stride_vb, stride_vh, stride_vd, offs_v, DV)
+    bh, b, h, offs_k, offs_v, tile_mask, q, k, v = _step_tile(
+        q_ptr, k_ptr, v_ptr, stride_qb, stride_qh, stride_qd, stride_kb, stride_kh, stride_kd,
+        stride_vb, stride_vh, stride_vd, n_heads, DK, DV, BLOCK_DK, BLOCK_DV)
     beta = _scalar(beta_ptr, b, h, stride_bb, stride_bh)
     if HAS_STATE:
         state = tl.load(_state_ptrs(s_ptr, b, h, stride_sb, stride_sh, stride_sk, stride_sv, offs_k, offs_v),

@@ -47,6 +47,10 @@ DOT_PRECISION = {torch.float32: "tf32x3", torch.float16: "tf32", torch.bfloat16:
 MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 STATE_MIN_BV = 32  # smallest d_v tile the sequential kernels go down to when there are few sequences
 FP32_CUDA_MAX_CHUNK = 64  # float32 chunk tiles of 128 exceed the GPU's shared memory (see gated_delta_rule)
+# Below this head dim, half-precision inputs on CUDA run the float32 kernels: on the H200 (Triton 3.6) the bf16
+# kernels at d_k = d_v = 16 gave outputs ~100% off and at 32 dk 27% off, while float32 matched the reference at
+# every size (benchmarks/results/gated-delta-small-dims-h200.json). Small heads are cheap in float32 anyway.
+HALF_MIN_CUDA_HEAD_DIM = 64
 INVERSE_BLOCK = 16  # diagonal blocks of A inverted by forward substitution, then merged with dots
 
 # Launch settings on the GPU (fixed, not autotuned: a miscompiled config would otherwise be picked silently;
@@ -764,7 +768,8 @@ def gated_delta_rule(
     sync). chunk_size: any positive int (padded to a power of two >= 16 inside; 64 is the fast choice for
     head dim 128). The chunk is a tiling choice, not part of the result: on CUDA, float32 inputs use at most
     FP32_CUDA_MAX_CHUNK (the forward's float32 chunk tiles at 128 need 256 KiB of shared memory; the H200
-    has 227 KiB).
+    has 227 KiB); float16 / bfloat16 inputs with a head dim below HALF_MIN_CUDA_HEAD_DIM run in float32
+    (the half-precision kernels are wrong there on Hopper with Triton 3.6) and return o in their dtype.
 
     Returns (o [B, T, H, Dv] in the inputs' dtype, final states [N, H, Dk, Dv] float32 or None unless
     output_final_state). Differentiable in q, k, v, beta, log_alpha and initial_state. Accumulation in
@@ -784,6 +789,10 @@ def gated_delta_rule(
         initial_state = initial_state.to(torch.float32).contiguous()
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if q.is_cuda and dtype != torch.float32 and min(dk, dv) < HALF_MIN_CUDA_HEAD_DIM:
+        o, final = gated_delta_rule(q.float(), k.float(), v.float(), beta, log_alpha, scale, initial_state,
+                                    output_final_state, cu_seqlens, chunk_size)
+        return o.to(dtype), final
     if q.is_cuda and dtype == torch.float32:
         chunk_size = min(chunk_size, FP32_CUDA_MAX_CHUNK)
     plan = _Plan(lengths, rows, starts, chunk_size, dk, dv, q.device)

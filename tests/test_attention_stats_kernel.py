@@ -5,20 +5,16 @@ the materialised softmax pattern. Without a GPU the kernels run on CPU tensors t
 import pytest
 import torch
 
-pytest.importorskip("triton")
+import kernel_testing  # before any kernel module: it skips this file without Triton
+from kernel_testing import DEVICE, needs_cuda
 
-import kernels.softmax_attention_stats as kernel_module  # noqa: E402
-from analyses import metrics  # noqa: E402
-from analyses.streaming import streaming_softmax_stats  # noqa: E402
-from kernels.reference import softmax_attention_stats_reference  # noqa: E402
-from kernels.softmax_attention_stats import softmax_attention_stats  # noqa: E402
+import kernels.softmax_attention_stats as kernel_module
+from analyses import metrics
+from analyses.streaming import streaming_softmax_stats
+from kernels.reference import softmax_attention_stats_reference
+from kernels.softmax_attention_stats import softmax_attention_stats
 
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-needs_kernel = pytest.mark.skipif(not CUDA and not kernel_module.INTERPRET,
-                                  reason="no GPU, and the kernels were defined without TRITON_INTERPRET=1")
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-F64 = torch.float64
+needs_kernel = kernel_testing.needs_kernel(kernel_module)
 OPTIONS = [
     dict(window=None, response_start=0, waad_window=10, h_lo=10, h_hi=100),  # the defaults
     dict(window=5, response_start=3, waad_window=None, h_lo=2, h_hi=6),

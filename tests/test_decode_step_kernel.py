@@ -9,26 +9,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-pytest.importorskip("triton")
+import kernel_testing  # before any kernel module: it skips this file without Triton
+from kernel_testing import DEVICE, F64, needs_cuda, rel_rms
 
-import kernels.decode_step as kernel_module  # noqa: E402
-from kernels.decode_step import decay_linear_step, gated_delta_step  # noqa: E402
-from kernels.reference.decay_linear_attention import recurrent_decay_linear_attention  # noqa: E402
-from kernels.reference.delta_rule import delta_rule_step, recurrent_delta_rule  # noqa: E402
-from studio.mixers.lightning import Lightning  # noqa: E402
+import kernels.decode_step as kernel_module
+from kernels.decode_step import decay_linear_step, gated_delta_step
+from kernels.reference.decay_linear_attention import recurrent_decay_linear_attention
+from kernels.reference.delta_rule import delta_rule_step, recurrent_delta_rule
+from studio.mixers.lightning import Lightning
 
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-needs_kernel = pytest.mark.skipif(not CUDA and not kernel_module.INTERPRET,
-                                  reason="no GPU, and the kernels were defined without TRITON_INTERPRET=1")
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-F64 = torch.float64
+needs_kernel = kernel_testing.needs_kernel(kernel_module)
 TOL = 5e-3
-
-
-def rel_rms(x, ref):
-    x, ref = x.detach().to("cpu", F64), ref.detach().to("cpu", F64)
-    return ((x - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
 
 
 def make_inputs(seed, b, h, dk, dv, steps=None, dtype=torch.float32, normalize_k=False):

@@ -6,29 +6,20 @@ float32; the bf16 test needs CUDA."""
 import pytest
 import torch
 
-pytest.importorskip("triton")
+import kernel_testing  # before any kernel module: it skips this file without Triton
+from kernel_testing import DEVICE, F64, needs_cuda, rel_rms
 
-import kernels.lightning_attention as kernel_module  # noqa: E402
-from kernels.lightning_attention import lightning_attention  # noqa: E402
-from kernels.reference import chunked_decay_linear_attention, recurrent_decay_linear_attention  # noqa: E402
+import kernels.lightning_attention as kernel_module
+from kernels.lightning_attention import lightning_attention
+from kernels.reference import chunked_decay_linear_attention, recurrent_decay_linear_attention
 
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-needs_kernel = pytest.mark.skipif(not CUDA and not kernel_module.INTERPRET,
-                                  reason="no GPU, and the kernels were defined without TRITON_INTERPRET=1")
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-F64 = torch.float64
+needs_kernel = kernel_testing.needs_kernel(kernel_module)
 TOL = 5e-3
 DECAYS = {
     "zero": [0.0, 0.0, 0.0],  # lambda = 1: plain linear attention, sums grow with T
     "strong": [-8.0, -20.0, -3.0],
     "mixed": [0.0, -0.3, -2.0],
 }
-
-
-def rel_rms(x, ref):
-    x, ref = x.detach().to("cpu", F64), ref.detach().to("cpu", F64)
-    return ((x - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
 
 
 def make_inputs(seed, b, t, h, dk, dv, decay, has_h0, dtype=torch.float32):

@@ -8,18 +8,14 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("triton")
+import kernel_testing  # before any kernel module: it skips this file without Triton
+from kernel_testing import DEVICE, F64, needs_cuda
 
-import kernels.sliding_window_attention as kernel_module  # noqa: E402
-from kernels.sliding_window_attention import sliding_window_attention  # noqa: E402
-from studio.mixers.softmax import causal_scores  # noqa: E402
+import kernels.sliding_window_attention as kernel_module
+from kernels.sliding_window_attention import sliding_window_attention
+from studio.mixers.softmax import causal_scores
 
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-needs_kernel = pytest.mark.skipif(not CUDA and not kernel_module.INTERPRET,
-                                  reason="no GPU, and the kernels were defined without TRITON_INTERPRET=1")
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-F64 = torch.float64
+needs_kernel = kernel_testing.needs_kernel(kernel_module)
 TOL = 5e-3
 GPU_TOL = 2e-2
 
@@ -27,8 +23,7 @@ GPU_TOL = 2e-2
 def rel_rms(x, ref, floor=1e-3):
     """||x - ref|| / ||ref|| (root mean squares); a reference that is (nearly) zero, such as dq with window 1,
     is compared against `floor` instead."""
-    x, ref = x.detach().to("cpu", F64), ref.detach().to("cpu", F64)
-    return ((x - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(floor)).item()
+    return kernel_testing.rel_rms(x, ref, floor)
 
 
 def make_inputs(seed, b, t, h, h_kv, d, dtype=torch.float32, device=DEVICE):

@@ -6,6 +6,7 @@ run's: relative RMS error per buffer, and per d_k column block for the d_k-shape
 whose error jumps past bf16 rounding (about 3e-3) is where to look. Writes JSON to argv[1]."""
 
 import json
+import os
 import sys
 
 import torch
@@ -51,9 +52,10 @@ def run(inputs, dtype, log, cotangents):
 def _inputs(gate, t):
     """The CUDA test's inputs (bf16); without a GPU, the same recipe in float32 on the CPU (the interpreter
     has no bf16 dots: this only checks the probe's plumbing, both runs are float32 there)."""
+    d = int(os.environ.get("PROBE_D", "128"))  # head dim (the ablation grids use 16)
     if DEVICE == "cuda":
-        return _cuda_inputs(20, 2, t, 4, 128, gate, True)
-    inputs = make_inputs(20, 2, t, 4, 128, 128, None, True, device="cpu")
+        return _cuda_inputs(20, 2, t, 4, d, gate, True)
+    inputs = make_inputs(20, 2, t, 4, d, d, None, True, device="cpu")
     gen = torch.Generator().manual_seed(1020)
     inputs[3] = torch.rand(2, t, 4, generator=gen).sigmoid()
     if gate == "mixed":

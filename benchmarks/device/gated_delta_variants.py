@@ -2,7 +2,8 @@
 on the H200 in bf16 (relative error 0.11-0.14, in d_k columns 0-31 and 64-95 of each 64-wide tile; dq,
 computed from the same loaded S tile, is right). This runs the failing test case with variants of that
 kernel (source edits, launch settings) and prints, per variant, dW's error against a float32 replay of the
-same kernel on the same inputs and the end-to-end errors against the float32 reference. JSON to argv[1]."""
+same kernel on the same inputs and the end-to-end errors against the float32 reference. JSON to argv[1].
+PROBE_D sets the head dim (default 128), PROBE_T the length (default 2048)."""
 
 import importlib.util
 import inspect
@@ -33,8 +34,9 @@ EDITS = {
          "_mat_t(dstates_ptr + ch * BKF * BVF, offs_k, offs_v, BVF).to(tl.float32), 0)")],
     "dvn as float32 accumulator-free": [("dw = tl.dot(dvn, state_t, dw,", "dw += tl.dot(dvn, state_t,")],
 }
-SETTINGS = {"stages 1": {"num_stages": 1}, "BV 128": {"BV": 128}, "warps 8": {"num_warps": 8},
-            "BK 128": {"BK": 128}}
+# (The source edits above run with CONFIG as shipped: before the fix that was 2 stages, now 1.)
+SETTINGS = {"stages 2 (before the fix)": {"num_stages": 2}, "stages 1": {"num_stages": 1}, "BV 128": {"BV": 128},
+            "warps 8": {"num_warps": 8}, "BK 128": {"BK": 128}}
 
 
 def build(name, edits):
