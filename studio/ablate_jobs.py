@@ -32,7 +32,8 @@ import yaml
 from studio.ablate import (DONE, FIGURE_KINDS, METRICS, Grid, GridError, ResultsTable, load_grid, load_results,
                            parse_grid_text, run_grid)
 from studio.configurations import parse_ratio
-from studio.training_jobs import BackgroundJob, inside, run_name, user_dir
+from studio.job_registry import JobRegistry
+from studio.training_jobs import BackgroundJob, inside, read_json, run_name, user_dir
 
 __all__ = ["AblationBusy", "AblationJob", "AblationJobs", "build_grid", "base_spec", "grid_yaml", "check_grid",
            "grid_overview", "ablations_root", "ablation_dir", "ablation_folders", "resolve_folder", "changed_cells",
@@ -322,21 +323,13 @@ def resolve_folder(label: str, runs_root: str | Path, user: str, results_root: s
     return path
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def changed_cells(grid: Grid, out: Path) -> list[str]:
     """Cells already in `out` that were run with another definition (run_grid refuses those)."""
     changed = []
     for cell in grid.cells():
         folder = Path(out) / "cells" / cell.name
-        stored = [(_read_json(folder / "cell.json") or {}).get("digest"),
-                  (_read_json(folder / "result.json") or {}).get("definition")]
+        stored = [(read_json(folder / "cell.json") or {}).get("digest"),
+                  (read_json(folder / "result.json") or {}).get("definition")]
         if any(s and s != cell.digest() for s in stored):
             changed.append(cell.name)
     return changed
@@ -346,7 +339,7 @@ def cells_done(grid: Grid, out: Path) -> int:
     """Cells of `grid` already finished in `out` (those a Run skips)."""
     done = 0
     for cell in grid.cells():
-        result = _read_json(Path(out) / "cells" / cell.name / "result.json")
+        result = read_json(Path(out) / "cells" / cell.name / "result.json")
         done += bool(result and result.get("definition") == cell.digest())
     return done
 
@@ -420,12 +413,7 @@ class AblationJob(BackgroundJob):
                 return self._table[1] if self._table else None
         return self._table[1]
 
-    @property
-    def status(self) -> str:
-        if self.running:
-            return "stopping" if self._stop.is_set() else "running"
-        if self.error:
-            return "failed"
+    def _ended_status(self) -> str:
         if self.result is not None and self.result.complete:
             return "finished"
         return "stopped"
@@ -446,30 +434,17 @@ class AblationJob(BackgroundJob):
         return snap
 
 
-class AblationJobs:
+class AblationJobs(JobRegistry[AblationJob]):
     """The server's ablations: at most one per user, and at most `max_running` at once."""
 
-    def __init__(self, max_running: int = 1):
-        self.max_running = max(1, int(max_running))
-        self.jobs: dict[str, AblationJob] = {}
-        self.lock = threading.Lock()
-
-    def get(self, user: str) -> AblationJob | None:
-        return self.jobs.get(user)
+    busy = AblationBusy
+    mine_running = ("your ablation {job.grid.name!r} is still running; press Stop first (its finished cells are "
+                    "kept), or wait for it to finish")
+    server_full = ("the server is running {running} ablation(s) already (its cap is {cap}); try again when one "
+                   "has finished")
 
     def start(self, user: str, grid: Grid, out_dir: Path, device: str = "auto") -> AblationJob:
-        with self.lock:
-            mine = self.jobs.get(user)
-            if mine is not None and mine.running:
-                raise AblationBusy(f"your ablation {mine.grid.name!r} is still running; press Stop first (its "
-                                   "finished cells are kept), or wait for it to finish")
-            running = sum(job.running for job in self.jobs.values())
-            if running >= self.max_running:
-                raise AblationBusy(f"the server is running {running} ablation(s) already (its cap is "
-                                   f"{self.max_running}); try again when one has finished")
-            job = AblationJob(grid, Path(out_dir), device)
-            self.jobs[user] = job.start()
-            return job
+        return self._start(user, lambda: AblationJob(grid, Path(out_dir), device))
 
 
 # ---- views of results ---------------------------------------------------------------------------------------

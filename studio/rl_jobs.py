@@ -31,9 +31,10 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 
+from studio.job_registry import JobRegistry
 from studio.rl.credit import GAMMA_AMP, STRATEGIES
 from studio.rl.train import LOSSES
-from studio.training_jobs import BackgroundJob, inside, run_name, user_dir, user_runs
+from studio.training_jobs import BackgroundJob, inside, read_json, run_name, user_dir, user_runs
 
 __all__ = ["RLBusy", "RLJob", "RLJobs", "rl_options", "run_label", "rl_root", "rl_dir", "rl_runs", "warmup_dir",
            "start_choices", "resolve_start", "policy", "reward_figure", "credit_rows", "credit_html", "credit_view",
@@ -143,26 +144,18 @@ def warmup_dir(runs_root: str | Path, user: str, steps: int, create: bool = True
     return inside(folder, f"{WARMUP_PRESET}-{int(steps)}")
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def rl_runs(runs_root: str | Path, user: str) -> list[str]:
     """Names of the user's RL runs, newest first."""
     try:
         folder = rl_root(runs_root, user)
     except ValueError:
         return []
-    return [p.name for p in user_runs(folder) if (_read_json(p / "run.json") or {}).get("kind") == "rl"]
+    return [p.name for p in user_runs(folder) if (read_json(p / "run.json") or {}).get("kind") == "rl"]
 
 
 def _usable(path: Path) -> bool:
     """A Train run an RL run can start from: a byte model with room for BOS/EOS (vocab >= 258)."""
-    run = _read_json(path / "run.json") or {}
+    run = read_json(path / "run.json") or {}
     spec = run.get("spec") if isinstance(run.get("spec"), dict) else {}
     return run.get("kind") != "rl" and int(spec.get("vocab_size") or 0) >= 258 and bool(run.get("last_checkpoint"))
 
@@ -217,7 +210,7 @@ def policy(out_dir: str | Path):
 
     out = Path(out_dir)
     for _ in range(3):  # a checkpoint can be replaced while a running job writes the next one
-        run = _read_json(out / "run.json") or {}
+        run = read_json(out / "run.json") or {}
         ckpt = run.get("last_checkpoint")
         try:
             if ckpt and (out / ckpt).is_dir():
@@ -256,7 +249,7 @@ class RLJob(BackgroundJob):
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
         self.steps = int(self.opts["steps"])
-        run = _read_json(self.out_dir / "run.json")
+        run = read_json(self.out_dir / "run.json")
         self.resume = run is not None
         if run is not None:
             if run.get("kind") != "rl":
@@ -344,13 +337,10 @@ class RLJob(BackgroundJob):
 
     @property
     def status(self) -> str:
-        if self._thread is None:
-            return "not started"
-        if self.running:
-            return "stopping" if self._stop.is_set() else "running"
-        if self.error:
-            return "failed"
-        run = _read_json(self.out_dir / "run.json")
+        return "not started" if self._thread is None else super().status
+
+    def _ended_status(self) -> str:
+        run = read_json(self.out_dir / "run.json")
         if run is None:
             return "stopped"  # during the warm-up
         return str(run.get("status", "unknown"))
@@ -369,29 +359,17 @@ class RLJob(BackgroundJob):
                 "seconds": (self.ended or time.monotonic()) - self.started if self.started else 0.0}
 
 
-class RLJobs:
+class RLJobs(JobRegistry[RLJob]):
     """The server's RL runs: at most one per user, and at most `max_running` at once."""
 
-    def __init__(self, max_running: int = 1):
-        self.max_running = max(1, int(max_running))
-        self.jobs: dict[str, RLJob] = {}
-        self.lock = threading.Lock()
-
-    def get(self, user: str) -> RLJob | None:
-        return self.jobs.get(user)
+    busy = RLBusy
+    mine_running = ("your RL run {job.out_dir.name!r} is still running; press Stop first (it keeps a checkpoint), "
+                    "or wait for it to finish")
+    server_full = ("the server is running {running} RL run(s) already (its cap is {cap}); try again when one has "
+                   "finished")
 
     def start(self, user: str, job: RLJob) -> RLJob:
-        with self.lock:
-            mine = self.jobs.get(user)
-            if mine is not None and mine.running:
-                raise RLBusy(f"your RL run {mine.out_dir.name!r} is still running; press Stop first (it keeps a "
-                             "checkpoint), or wait for it to finish")
-            running = sum(j.running for j in self.jobs.values())
-            if running >= self.max_running:
-                raise RLBusy(f"the server is running {running} RL run(s) already (its cap is {self.max_running}); "
-                             "try again when one has finished")
-            self.jobs[user] = job.start()
-            return job
+        return self._start(user, lambda: job)
 
 
 # ---- the reward chart ---------------------------------------------------------------------------------------

@@ -210,6 +210,31 @@ def evaluate(model: HybridLM, task: Task, batches: int = 4, batch_size: int = 32
     return out
 
 
+def _check_options(config: type, opts: dict, steps: int, what: str) -> None:
+    """ValueError for an option that is not a field of the `config` dataclass (`what`: training, RL), or steps < 1."""
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {unknown}; allowed: {sorted(known)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+def _refuse_existing_run(out: Path) -> None:
+    """FileExistsError when `out` already holds a run: a new run never overwrites one."""
+    if (out / RUN_FILE).exists():
+        raise FileExistsError(f"{str(out)!r} already holds a run; pass resume=True (--resume) to continue it "
+                              "or choose another output directory")
+
+
+def _resume_checkpoint(out: Path, run: dict) -> Path:
+    """The checkpoint the run in `out` resumes from (its run.json record `run`); FileNotFoundError if none."""
+    ckpt = run.get("last_checkpoint")
+    if not ckpt or not (out / ckpt).is_dir():
+        raise FileNotFoundError(f"run {str(out)!r} has no checkpoint to resume from")
+    return out / ckpt
+
+
 def _check_fit(spec: ArchSpec, task: Task) -> None:
     if task.vocab_size > spec.vocab_size:
         raise ValueError(f"task {task.name!r} uses token ids up to {task.vocab_size - 1} but the spec's "
@@ -237,12 +262,7 @@ def train(
     """
     out = Path(out_dir)
     rank, world, local_rank = _distributed()
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(opts) - known)
-    if unknown:
-        raise ValueError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    _check_options(TrainConfig, opts, steps, "training")
 
     if resume:
         run = read_run(out)
@@ -266,9 +286,7 @@ def train(
             spec = spec_or_model if isinstance(spec_or_model, ArchSpec) else (
                 ArchSpec.from_dict(spec_or_model) if isinstance(spec_or_model, dict) else ArchSpec.load(spec_or_model))
             model = build_model(spec, seed=cfg.seed)
-        if (out / RUN_FILE).exists():
-            raise FileExistsError(f"{str(out)!r} already holds a run; pass resume=True (--resume) to continue it "
-                                  "or choose another output directory")
+        _refuse_existing_run(out)
     cfg.validate()
     _check_fit(spec, task)
     if world > 1:
@@ -282,10 +300,7 @@ def train(
     torch.manual_seed(cfg.seed)
     start = 0
     if resume:
-        ckpt = run.get("last_checkpoint")
-        if not ckpt or not (out / ckpt).is_dir():
-            raise FileNotFoundError(f"run {str(out)!r} has no checkpoint to resume from")
-        start = _load_checkpoint(out / ckpt, model, optimizer, data_gen)
+        start = _load_checkpoint(_resume_checkpoint(out, run), model, optimizer, data_gen)
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         run = {"format": RUN_FORMAT, "spec": spec.to_dict(), "task": {"name": task.name, "args": task.config()},

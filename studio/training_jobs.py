@@ -6,6 +6,7 @@ that come from the page never leave it.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -54,9 +55,18 @@ def user_runs(folder: Path) -> list[Path]:
     return sorted(runs, key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
 
 
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None when it is missing, unreadable or not an object (being rewritten)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class BackgroundJob:
-    """Stop / running / wait of a job whose `_thread` (a threading.Thread, or None before it starts) runs
-    it and whose `_stop` event asks it to end. No annotations here: the subclasses are dataclasses."""
+    """Stop / running / wait / status of a job whose `_thread` (a threading.Thread, or None before it starts)
+    runs it and whose `_stop` event asks it to end. No annotations here: the subclasses are dataclasses."""
 
     def stop(self) -> None:
         self._stop.set()
@@ -70,6 +80,19 @@ class BackgroundJob:
         if getattr(self, "_thread", None) is not None:
             self._thread.join(timeout)
         return not self.running
+
+    @property
+    def status(self) -> str:
+        """running or stopping while the thread runs, failed after an `error`, else `_ended_status()`."""
+        if self.running:
+            return "stopping" if self._stop.is_set() else "running"
+        if getattr(self, "error", None):
+            return "failed"
+        return self._ended_status()
+
+    def _ended_status(self) -> str:
+        """The status of a job that is not running and has no error (each kind of job says)."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -106,12 +129,7 @@ class TrainingJob(BackgroundJob):
         except Exception as err:  # shown in the page; the run directory keeps what was saved
             self.error = f"{type(err).__name__}: {err}"
 
-    @property
-    def status(self) -> str:
-        if self.running:
-            return "stopping" if self._stop.is_set() else "running"
-        if self.error:
-            return "failed"
+    def _ended_status(self) -> str:
         try:
             return read_run(self.out_dir).get("status", "unknown")
         except (OSError, ValueError):

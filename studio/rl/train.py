@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +37,8 @@ from studio.model import HybridLM
 from studio.rl import credit as credit_module
 from studio.rl import losses
 from studio.rl.rollout import Rollouts, sample_rollouts, token_logprobs
-from studio.train import RUN_FILE, RUN_FORMAT, METRICS_FILE, _load_checkpoint, _save_checkpoint, read_run
+from studio.train import (RUN_FILE, RUN_FORMAT, METRICS_FILE, _check_options, _load_checkpoint, _refuse_existing_run,
+                          _resume_checkpoint, _save_checkpoint, read_run)
 
 __all__ = ["RLConfig", "train", "evaluate_policy", "rl_task"]
 
@@ -155,12 +156,7 @@ def train(
     `opts` are `RLConfig` fields. `callback(record)` sees each metrics record; returning "stop" ends the
     run after a checkpoint. `resume=True` continues the run in `out_dir` (model, task, options from it)."""
     out = Path(out_dir)
-    known = {f.name for f in fields(RLConfig)}
-    unknown = sorted(set(opts) - known)
-    if unknown:
-        raise ValueError(f"unknown RL option(s) {unknown}; allowed: {sorted(known)}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    _check_options(RLConfig, opts, steps, "RL")
     if resume:
         run = read_run(out)
         if run.get("kind") != "rl":
@@ -174,9 +170,7 @@ def train(
             task = rl_task(task, **(task_args or {}))
         if not isinstance(model, HybridLM):
             model = HybridLM.load(model)
-        if (out / RUN_FILE).exists():
-            raise FileExistsError(f"{str(out)!r} already holds a run; pass resume=True (--resume) to continue it "
-                                  "or choose another output directory")
+        _refuse_existing_run(out)
     cfg.validate()
     if task.vocab_size > model.spec.vocab_size:
         raise ValueError(f"task {task.name!r} needs vocab_size >= {task.vocab_size}; the model has "
@@ -187,10 +181,7 @@ def train(
     torch.manual_seed(cfg.seed)
     start = 0
     if resume:
-        ckpt = run.get("last_checkpoint")
-        if not ckpt or not (out / ckpt).is_dir():
-            raise FileNotFoundError(f"run {str(out)!r} has no checkpoint to resume from")
-        start = _load_checkpoint(out / ckpt, model, optimizer, torch.Generator())
+        start = _load_checkpoint(_resume_checkpoint(out, run), model, optimizer, torch.Generator())
     else:
         out.mkdir(parents=True, exist_ok=True)
         model.save(out / "initial")  # the policy before RL: the reference every run of a comparison shares
