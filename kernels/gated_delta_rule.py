@@ -48,7 +48,7 @@ MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 STATE_MIN_BV = 32  # smallest d_v tile the sequential kernels go down to when there are few sequences
 FP32_CUDA_MAX_CHUNK = 64  # float32 chunk tiles of 128 exceed the GPU's shared memory (see gated_delta_rule)
 # Below this head dim, half-precision inputs on CUDA run the float32 kernels: on the H200 (Triton 3.6) the bf16
-# kernels at d_k = d_v = 16 gave outputs ~100% off and at 32 dk 27% off, while float32 matched the reference at
+# kernels at d_k = d_v = 16 gave outputs ~100% off and at 32 dk 21-58% off, while float32 matched the reference at
 # every size (benchmarks/results/gated-delta-small-dims-h200.json). Small heads are cheap in float32 anyway.
 HALF_MIN_CUDA_HEAD_DIM = 64
 INVERSE_BLOCK = 16  # diagonal blocks of A inverted by forward substitution, then merged with dots
