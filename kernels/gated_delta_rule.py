@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["gated_delta_rule", "CONFIG"]
+__all__ = ["gated_delta_rule", "half_runs_in_float32", "CONFIG"]
 
 # Read when the kernels are defined: triton.jit builds interpreted kernels only while this is set.
 INTERPRET = triton.knobs.runtime.interpret
@@ -743,6 +743,12 @@ def _sequences(b: int, n: int, cu_seqlens) -> tuple[list[int], list[int], list[i
     return [y - x for x, y in zip(bounds, bounds[1:])], [0] * (len(bounds) - 1), bounds[:-1]
 
 
+def half_runs_in_float32(device: torch.device, dtype: torch.dtype, dk: int, dv: int) -> bool:
+    """Whether `gated_delta_rule` runs these half-precision inputs through its float32 kernels: on CUDA below
+    HALF_MIN_CUDA_HEAD_DIM (see there). Elsewhere (the interpreter) every dtype runs as given."""
+    return device.type == "cuda" and dtype != torch.float32 and min(dk, dv) < HALF_MIN_CUDA_HEAD_DIM
+
+
 def gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -789,7 +795,7 @@ def gated_delta_rule(
         initial_state = initial_state.to(torch.float32).contiguous()
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    if q.is_cuda and dtype != torch.float32 and min(dk, dv) < HALF_MIN_CUDA_HEAD_DIM:
+    if half_runs_in_float32(q.device, dtype, dk, dv):
         o, final = gated_delta_rule(q.float(), k.float(), v.float(), beta, log_alpha, scale, initial_state,
                                     output_final_state, cu_seqlens, chunk_size)
         return o.to(dtype), final

@@ -261,6 +261,20 @@ def test_bf16_cuda(b, t, has_h0, gate):
     assert_close(run_both(inputs, scale=128**-0.5, chunk_size=64, ref_dtype=torch.float32), tol=2e-2)
 
 
+def test_half_precision_small_heads_run_in_float32_on_cuda():
+    """The guard for the bf16 kernels' small-head failure on the H200 (HALF_MIN_CUDA_HEAD_DIM): which calls
+    take the float32 kernels. test_bf16_cuda_small_head_dims checks the results on a GPU."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert kernel_module.HALF_MIN_CUDA_HEAD_DIM == 64
+    for dtype in (torch.bfloat16, torch.float16):
+        assert kernel_module.half_runs_in_float32(cuda, dtype, 16, 16)
+        assert kernel_module.half_runs_in_float32(cuda, dtype, 128, 32)  # either head dim below 64
+        assert not kernel_module.half_runs_in_float32(cuda, dtype, 64, 64)
+        assert not kernel_module.half_runs_in_float32(cuda, dtype, 128, 128)
+        assert not kernel_module.half_runs_in_float32(cpu, dtype, 16, 16)
+    assert not kernel_module.half_runs_in_float32(cuda, torch.float32, 16, 16)
+
+
 @needs_cuda
 @pytest.mark.parametrize("gate", ["mixed", None])
 @pytest.mark.parametrize("d", [16, 32])
