@@ -78,6 +78,7 @@ def read_config(directory: str | Path) -> dict:
 
 
 MERGED_MODEL_DIR = "model"  # a run's merged model (studio linearize writes it beside its LoRA checkpoints)
+TOKENIZER_DIR = "tokenizer"  # a transformers tokenizer saved beside a model (converted, linearized, SmolLM2 cache)
 
 
 def resolve_model_dir(directory: str | Path) -> Path:

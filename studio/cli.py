@@ -314,7 +314,8 @@ def cmd_linearize(args) -> int:
                               "ckpt_every": args.ckpt_every, "seed": args.seed}.items() if v is not None}
     finished_before = (os.path.isfile(os.path.join(args.out, LINEARIZE_FILE))
                        and read_linearize_run(args.out).get("status") == "finished")
-    record = run_linearize(args.out, args.source, args.mixer, keep, mixer_params=_task_args(args.mixer_args, "--mixer-args", "window=64 short_conv=0") or None,
+    mixer_params = _task_args(args.mixer_args, "--mixer-args", "window=64 short_conv=0") or None
+    record = run_linearize(args.out, args.source, args.mixer, keep, mixer_params=mixer_params,
                            lora=lora, corpus=args.corpus, seq_len=args.seq_len, tokenizer=args.tokenizer,
                            steps=args.steps, device=args.device, progress=not args.no_progress, **opts)
     if finished_before:

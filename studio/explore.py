@@ -27,6 +27,7 @@ import analyses
 from analyses.figures import graph_figure, head_grid, head_span_bars, highlighted_text_html, rhythm_trace
 from analyses.graph import token_graph
 from analyses.streaming import streaming_rhythm
+from studio.checkpoint import MERGED_MODEL_DIR, TOKENIZER_DIR, resolve_model_dir
 from studio.model import HybridLM
 from studio.tasks.tokenizers import ByteTokenizer
 
@@ -86,14 +87,11 @@ def _run_task(path: Path) -> dict | None:
         raise ExploreError(f"the run {path.name!r} has a corrupt run.json ({err}); train it again or delete it") from None
 
 
-TOKENIZER_DIR = "tokenizer"  # a transformers tokenizer saved beside a model (as the SmolLM2 cache has)
 
 
 def tokenizer_dir(path: str | Path) -> Path | None:
     """The transformers tokenizer folder that came with a model (`tokenizer/` in the model folder, the
     run folder or its `model/`), or None."""
-    from studio.checkpoint import resolve_model_dir
-
     path = Path(path)
     candidates = [path / TOKENIZER_DIR]
     try:  # the model folder behind a run (its merged model/ or last checkpoint)
@@ -126,8 +124,6 @@ def tokenizer_for(path: str | Path):
 def is_converted_run(path: str | Path) -> bool:
     """A linearized run (linearize.json), a folder holding a merged model/, or a model folder with its
     own tokenizer/ (a converted model)."""
-    from studio.checkpoint import MERGED_MODEL_DIR
-
     path = Path(path)
     return ((path / "linearize.json").is_file() or (path / MERGED_MODEL_DIR / "config.json").is_file()
             or ((path / "config.json").is_file() and (path / TOKENIZER_DIR / "tokenizer_config.json").is_file()))
@@ -148,8 +144,6 @@ def explorable_runs(folder: str | Path) -> list[Path]:
 
 
 def _stamp(path: Path) -> tuple:
-    from studio.checkpoint import resolve_model_dir
-
     folder = resolve_model_dir(path)
     weights = folder / "model.safetensors"
     return str(folder), weights.stat().st_mtime_ns if weights.exists() else 0

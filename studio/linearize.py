@@ -41,7 +41,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from studio.checkpoint import CONFIG_FILE, FORMAT as MODEL_FORMAT, MERGED_MODEL_DIR as MODEL_DIR, atomic_write_text, read_record
+from studio.checkpoint import (CONFIG_FILE, FORMAT as MODEL_FORMAT, MERGED_MODEL_DIR as MODEL_DIR, TOKENIZER_DIR,
+                               atomic_write_text, read_record)
 from studio.model import HybridLM, build_model
 from studio.spec import ArchSpec
 
@@ -55,7 +56,6 @@ SUPPORTED_MIXERS = ("liger", "lizard", "gla", "gated_delta")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LINEARIZE_FORMAT = "hybrid-attention-studio/linearize@1"
 LINEARIZE_FILE = "linearize.json"
-TOKENIZER_DIR = "tokenizer"
 # Defaults of the new layers' mixer parameters in a linearized model (`mixer_params` overrides them): Liger's
 # and Lizard's GLA part in chunks of 16 instead of 64 is the same function with a quarter of the memory in
 # torch's reference form (its intra-chunk scores are [batch, head, chunk, chunk, d_head]).
@@ -278,9 +278,9 @@ def _copy_tokenizer(source: str, target: Path) -> str | None:
     from studio.convert.hf import TOKENIZER_FILES, load_folder_tokenizer
 
     if source == "smollm2":
-        from studio.pretrained import TOKENIZER_DIR as CACHED, default_cache_dir
+        from studio.pretrained import default_cache_dir
 
-        folder = default_cache_dir() / CACHED
+        folder = default_cache_dir() / TOKENIZER_DIR
     elif (Path(source) / TOKENIZER_DIR).is_dir():
         folder = Path(source) / TOKENIZER_DIR
     elif any((Path(source) / f).is_file() for f in TOKENIZER_FILES):

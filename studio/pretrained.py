@@ -27,14 +27,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from studio.checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_write_text
+from studio.checkpoint import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, atomic_write_text
 from studio.model import HybridLM
 
 __all__ = ["smollm2_available", "load_smollm2", "chat_prompt", "default_cache_dir", "SMOLLM2_NAME"]
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SOURCE_FILE = "source.json"
-TOKENIZER_DIR = "tokenizer"
 # Bump when the conversion changes, so that caches written by an older converter are rebuilt.
 CONVERTER_VERSION = 1
 _INSTALL_HINT = (

@@ -7,12 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-try:  # kernel_testing before any kernel module: it skips this file without Triton
-    import kernel_testing
-    from kernel_testing import DEVICE, F64, needs_cuda, rel_err
-except ModuleNotFoundError:  # imported as tests.test_gated_delta_kernel (benchmarks/device/gated_delta_*.py)
-    from tests import kernel_testing
-    from tests.kernel_testing import DEVICE, F64, needs_cuda, rel_err
+import kernel_testing  # before any kernel module: it skips this file without Triton
+from kernel_testing import DEVICE, F64, needs_cuda, rel_err
 
 import kernels.gated_delta_rule as kernel_module  # noqa: E402
 from kernels.gated_delta_rule import gated_delta_rule  # noqa: E402

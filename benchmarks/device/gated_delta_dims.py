@@ -6,10 +6,12 @@ raised it (run with CUDA_LAUNCH_BLOCKING=1 so the fault is reported at its launc
 import json
 import sys
 import traceback
+from pathlib import Path
 
 import torch
 
-from tests.test_gated_delta_kernel import _cuda_inputs, make_inputs, rel_err, run_both
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # the test modules import kernel_testing
+from test_gated_delta_kernel import _cuda_inputs, make_inputs, rel_err, run_both
 
 d, dtype = int(sys.argv[1]), getattr(torch, sys.argv[2])
 for t in (64, 200, 2048):

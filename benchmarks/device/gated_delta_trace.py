@@ -8,12 +8,15 @@ whose error jumps past bf16 rounding (about 3e-3) is where to look. Writes JSON 
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import kernels.gated_delta_rule as gdr
-from tests.test_gated_delta_kernel import _cuda_inputs, make_inputs, rel_err, run_both
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # the test modules import kernel_testing
+from test_gated_delta_kernel import _cuda_inputs, make_inputs, rel_err, run_both
 
 KERNELS = ["_wy_fwd_kernel", "_state_fwd_kernel", "_output_fwd_kernel", "_dv_local_kernel",
            "_state_bwd_kernel", "_chunk_bwd_kernel", "_wy_bwd_da_kernel", "_wy_bwd_dk_kernel"]

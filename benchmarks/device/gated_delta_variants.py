@@ -14,8 +14,7 @@ import tempfile
 import textwrap
 
 import kernels.gated_delta_rule as gdr
-from benchmarks.device.gated_delta_trace import ORIGINAL, _inputs, rel, replay, run
-from tests.test_gated_delta_kernel import rel_err, run_both
+from benchmarks.device.gated_delta_trace import ORIGINAL, _inputs, rel, rel_err, replay, run, run_both
 
 import torch
 
