@@ -85,11 +85,22 @@ def _load(ptr, rows, cend, cols, n_cols, st):
 
 
 @triton.jit
-def _operand(x, FP32_DOTS: tl.constexpr):
-    """x as a dot operand: as loaded, or float32 when the gate gradients need float32 products."""
-    if FP32_DOTS:  # one return: Triton on the GPU rejects returns of two dtypes even under a constexpr branch
-        x = x.to(tl.float32)
-    return x
+def _split_dot(a, b):
+    """a @ b for a float32 `a` and a half-precision `b` on half-precision tensor cores, `a` split into
+    a_hi + a_lo, both in b's dtype: two products, `a` kept to about twice the half type's mantissa (the
+    split of Ootomo and Yokota, arXiv 2203.03341). Products of two half values are exact in the float32
+    accumulator, so only the float32 operand needs splitting."""
+    a_hi = a.to(b.dtype)
+    a_lo = (a - a_hi.to(tl.float32)).to(b.dtype)
+    return tl.dot(a_lo, b, tl.dot(a_hi, b))
+
+
+@triton.jit
+def _dot_split(a, b):
+    """a @ b for a half-precision `a` and a float32 `b`, `b` split as in `_split_dot`."""
+    b_hi = b.to(a.dtype)
+    b_lo = (b - b_hi.to(tl.float32)).to(a.dtype)
+    return tl.dot(a, b_lo, tl.dot(a, b_hi))
 
 
 @triton.jit
@@ -104,10 +115,11 @@ def _segment_state_kernel(a_ptr, b_ptr, g_ptr, ld_ptr, out_ptr, total_ptr, seg_p
                           sab, sat, sah, sbb, sbt, sbh, sgb, sgt, sgh, scale, H,
                           K: tl.constexpr, V: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
                           BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, HAS_GATE: tl.constexpr,
-                          REVERSE: tl.constexpr, PRECISION: tl.constexpr, FP32_DOTS: tl.constexpr = False):
+                          REVERSE: tl.constexpr, PRECISION: tl.constexpr, SPLIT_DOTS: tl.constexpr = False):
     """Forward (a, b = k, v): X = sum_t exp(G_end - G_t) k_t v_t^T over the segment, from a zero state.
     REVERSE (a, b = q, dO): X = sum_t exp(G_t - G_start) scale q_t dO_t^T (G inclusive), walking backwards.
-    Also the segment's total log decay (written by the (0, 0) tile)."""
+    Also the segment's total log decay (written by the (0, 0) tile). SPLIT_DOTS: the weighted operand is
+    not rounded to the inputs' half precision (`_split_dot`)."""
     i_k, i_v, i_sh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seg, h = i_sh // H, i_sh % H
     bat, _, start, end, _ = _segment(seg_ptr, seg)
@@ -130,13 +142,16 @@ def _segment_state_kernel(a_ptr, b_ptr, g_ptr, ld_ptr, out_ptr, total_ptr, seg_p
         rows = t0 + offs_c
         cend = tl.minimum(t0 + CHUNK, end)
         gc, g_last = _gates(g_ptr, ld, g_base, rows, cend, sgt, HAS_GATE)
-        a = _operand(_load(a_base, rows, cend, offs_k, K, sat), FP32_DOTS)
-        b = _operand(_load(b_base, rows, cend, offs_v, V, sbt), FP32_DOTS)
+        a = _load(a_base, rows, cend, offs_k, K, sat)
+        b = _load(b_base, rows, cend, offs_v, V, sbt)
         if REVERSE:
             w = tl.exp(gc) * scale
         else:
             w = tl.exp(g_last - gc)
-        x = x * tl.exp(g_last) + tl.dot(tl.trans((a * w[:, None]).to(a.dtype)), b, input_precision=PRECISION)
+        if SPLIT_DOTS:
+            x = x * tl.exp(g_last) + _split_dot(tl.trans(a.to(tl.float32) * w[:, None]), b)
+        else:
+            x = x * tl.exp(g_last) + tl.dot(tl.trans((a * w[:, None]).to(a.dtype)), b, input_precision=PRECISION)
         total += g_last
     tl.store(out_ptr + (seg * H + h).to(tl.int64) * K * V + offs_k[:, None] * V + offs_v[None, :], x,
              mask=(offs_k[:, None] < K) & (offs_v[None, :] < V))
@@ -191,9 +206,9 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, ld_ptr, o_ptr, init_ptr, final_ptr, 
                 sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, sgb, sgt, sgh, scale, H,
                 K: tl.constexpr, V: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
                 BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, HAS_GATE: tl.constexpr, INIT: tl.constexpr,
-                STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr, FP32_STATE: tl.constexpr = False):
+                STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr, SPLIT_DOTS: tl.constexpr = False):
     """grid (V / BLOCK_V, segments * H): O for this tile of d_v; the state S [K, BLOCK_V] in registers.
-    FP32_STATE: the state update takes float32 operands and float32-accurate products."""
+    SPLIT_DOTS: the state update's decayed keys are not rounded to the inputs' half precision (`_split_dot`)."""
     i_v, i_sh = tl.program_id(0), tl.program_id(1)
     seg, h = i_sh // H, i_sh % H
     bat, seq, start, end, flags = _segment(seg_ptr, seg)
@@ -219,9 +234,9 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, ld_ptr, o_ptr, init_ptr, final_ptr, 
         o = tl.dot(scores.to(v.dtype), v, input_precision=PRECISION)
         o += tl.dot((q * (tl.exp(gc) * scale)[:, None]).to(q.dtype), s.to(q.dtype), input_precision=PRECISION)
         _store(o_base, o, rows, cend, offs_v, V, sot)
-        if FP32_STATE:
+        if SPLIT_DOTS:
             k_w = k.to(tl.float32) * tl.exp(g_last - gc)[:, None]
-            s = s * tl.exp(g_last) + tl.dot(tl.trans(k_w), v.to(tl.float32), input_precision="tf32x3")
+            s = s * tl.exp(g_last) + _split_dot(tl.trans(k_w), v)
         else:
             k_w = (k * tl.exp(g_last - gc)[:, None]).to(k.dtype)
             s = s * tl.exp(g_last) + tl.dot(tl.trans(k_w), v, input_precision=PRECISION)
@@ -237,10 +252,11 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, g_ptr, ld_ptr, dq_ptr, dg_ptr, init_
                dg_tile, dg_b, scale, H,
                K: tl.constexpr, V: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
                BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, HAS_GATE: tl.constexpr, INIT: tl.constexpr,
-               STORE_DG: tl.constexpr, PRECISION: tl.constexpr, FP32_DOTS: tl.constexpr = False):
+               STORE_DG: tl.constexpr, PRECISION: tl.constexpr, SPLIT_DOTS: tl.constexpr = False):
     """grid (K / BLOCK_K, segments * H), forward in time with S [BLOCK_K, V]:
     dQ = scale ((dO V^T * D) K + (dO S^T) * a); with STORE_DG also this tile's part of q . dq (float32,
-    before dq is rounded) into dg[tile, b, t, h]."""
+    before dq is rounded) into dg[tile, b, t, h]. SPLIT_DOTS: no float32 operand (scores, state, decayed
+    keys) is rounded to the inputs' half precision (`_split_dot`)."""
     i_k, i_sh = tl.program_id(0), tl.program_id(1)
     seg, h = i_sh // H, i_sh % H
     bat, seq, start, end, flags = _segment(seg_ptr, seg)
@@ -259,19 +275,25 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, g_ptr, ld_ptr, dq_ptr, dg_ptr, init_
         rows = t0 + offs_c
         cend = tl.minimum(t0 + CHUNK, end)
         gc, g_last = _gates(g_ptr, ld, g_base, rows, cend, sgt, HAS_GATE)
-        k = _operand(_load(k_base, rows, cend, offs_k, K, skt), FP32_DOTS)
-        v = _operand(_load(v_base, rows, cend, offs_v, V, svt), FP32_DOTS)
-        do = _operand(_load(do_base, rows, cend, offs_v, V, sdot), FP32_DOTS)
+        k = _load(k_base, rows, cend, offs_k, K, skt)
+        v = _load(v_base, rows, cend, offs_v, V, svt)
+        do = _load(do_base, rows, cend, offs_v, V, sdot)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION) * (_intra_decay(gc, offs_c) * scale)
-        dq = tl.dot(dp.to(k.dtype), k, input_precision=PRECISION)
-        dq += tl.dot(do, tl.trans(s.to(do.dtype)), input_precision=PRECISION) * (tl.exp(gc) * scale)[:, None]
+        if SPLIT_DOTS:
+            dq = _split_dot(dp, k) + _dot_split(do, tl.trans(s)) * (tl.exp(gc) * scale)[:, None]
+        else:
+            dq = tl.dot(dp.to(k.dtype), k, input_precision=PRECISION)
+            dq += tl.dot(do, tl.trans(s.to(do.dtype)), input_precision=PRECISION) * (tl.exp(gc) * scale)[:, None]
         _store(dq_base, dq, rows, cend, offs_k, K, sdqt)
         if STORE_DG:
             q = _load(q_ptr + bat * sqb + h64 * sqh, rows, cend, offs_k, K, sqt)
             tl.store(dg_ptr + i_k * dg_tile + bat * dg_b + rows * H + h, tl.sum(q.to(tl.float32) * dq, 1),
                      mask=rows < cend)
-        k_w = (k * tl.exp(g_last - gc)[:, None]).to(k.dtype)
-        s = s * tl.exp(g_last) + tl.dot(tl.trans(k_w), v, input_precision=PRECISION)
+        if SPLIT_DOTS:
+            s = s * tl.exp(g_last) + _split_dot(tl.trans(k.to(tl.float32) * tl.exp(g_last - gc)[:, None]), v)
+        else:
+            k_w = (k * tl.exp(g_last - gc)[:, None]).to(k.dtype)
+            s = s * tl.exp(g_last) + tl.dot(tl.trans(k_w), v, input_precision=PRECISION)
 
 
 @triton.jit
@@ -280,10 +302,10 @@ def _dk_kernel(q_ptr, k_ptr, v_ptr, do_ptr, g_ptr, ld_ptr, dk_ptr, dg_ptr, dinit
                dg_tile, dg_b, scale, H,
                K: tl.constexpr, V: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
                BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, HAS_GATE: tl.constexpr, INIT: tl.constexpr,
-               STORE_DG: tl.constexpr, PRECISION: tl.constexpr, FP32_DOTS: tl.constexpr = False):
+               STORE_DG: tl.constexpr, PRECISION: tl.constexpr, SPLIT_DOTS: tl.constexpr = False):
     """grid (K / BLOCK_K, segments * H), backward in time carrying dS [BLOCK_K, V]:
     dK = scale (dO V^T * D)^T Q + (V dS^T) * b,   dS <- exp(G_C) dS + scale (Q * a)^T dO; with STORE_DG also
-    this tile's part of k . dk into dg[tile, b, t, h]."""
+    this tile's part of k . dk into dg[tile, b, t, h]. SPLIT_DOTS: as in `_dq_kernel`."""
     i_k, i_sh = tl.program_id(0), tl.program_id(1)
     seg, h = i_sh // H, i_sh % H
     bat, seq, start, end, flags = _segment(seg_ptr, seg)
@@ -304,19 +326,25 @@ def _dk_kernel(q_ptr, k_ptr, v_ptr, do_ptr, g_ptr, ld_ptr, dk_ptr, dg_ptr, dinit
         rows = t0 + offs_c
         cend = tl.minimum(t0 + CHUNK, end)
         gc, g_last = _gates(g_ptr, ld, g_base, rows, cend, sgt, HAS_GATE)
-        q = _operand(_load(q_base, rows, cend, offs_k, K, sqt), FP32_DOTS)
-        v = _operand(_load(v_base, rows, cend, offs_v, V, svt), FP32_DOTS)
-        do = _operand(_load(do_base, rows, cend, offs_v, V, sdot), FP32_DOTS)
+        q = _load(q_base, rows, cend, offs_k, K, sqt)
+        v = _load(v_base, rows, cend, offs_v, V, svt)
+        do = _load(do_base, rows, cend, offs_v, V, sdot)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION) * (_intra_decay(gc, offs_c) * scale)
-        dk = tl.dot(tl.trans(dp.to(q.dtype)), q, input_precision=PRECISION)
-        dk += tl.dot(v, tl.trans(ds.to(v.dtype)), input_precision=PRECISION) * tl.exp(g_last - gc)[:, None]
+        if SPLIT_DOTS:
+            dk = _split_dot(tl.trans(dp), q) + _dot_split(v, tl.trans(ds)) * tl.exp(g_last - gc)[:, None]
+        else:
+            dk = tl.dot(tl.trans(dp.to(q.dtype)), q, input_precision=PRECISION)
+            dk += tl.dot(v, tl.trans(ds.to(v.dtype)), input_precision=PRECISION) * tl.exp(g_last - gc)[:, None]
         _store(dk_base, dk, rows, cend, offs_k, K, sdkt)
         if STORE_DG:
             k = _load(k_ptr + bat * skb + h64 * skh, rows, cend, offs_k, K, skt)
             tl.store(dg_ptr + i_k * dg_tile + bat * dg_b + rows * H + h, tl.sum(k.to(tl.float32) * dk, 1),
                      mask=rows < cend)
-        q_w = (q * (tl.exp(gc) * scale)[:, None]).to(q.dtype)
-        ds = ds * tl.exp(g_last) + tl.dot(tl.trans(q_w), do, input_precision=PRECISION)
+        if SPLIT_DOTS:
+            ds = ds * tl.exp(g_last) + _split_dot(tl.trans(q.to(tl.float32) * (tl.exp(gc) * scale)[:, None]), do)
+        else:
+            q_w = (q * (tl.exp(gc) * scale)[:, None]).to(q.dtype)
+            ds = ds * tl.exp(g_last) + tl.dot(tl.trans(q_w), do, input_precision=PRECISION)
 
 
 @triton.jit
@@ -464,14 +492,14 @@ class _Plan:
         self.tile_v = self.block_v if INTERPRET else min(self.block_v, TILE)
         self.precision = DOT_PRECISION[q.dtype]
 
-    def common(self, block_k, block_v, kind, fp32_dots=False):
-        """Compile-time settings of one kernel; fp32_dots: float32 operands and float32-accurate products
-        (the gate gradients' q . dq - k . dk cancels: half-precision products lose it)."""
-        extra = dict(FP32_DOTS=True, PRECISION="tf32x3") if fp32_dots else dict(PRECISION=self.precision)
+    def common(self, block_k, block_v, kind, split_dots=False):
+        """Compile-time settings of one kernel; split_dots: float32 operands split into two half-precision
+        parts, not rounded (the gate gradients' q . dq - k . dk cancels: rounded operands lose it)."""
         return dict(K=self.dk, V=self.dv, CHUNK=self.chunk, BLOCK_C=self.block_c, BLOCK_K=block_k,
-                    BLOCK_V=block_v, **extra, **_launch(block_k, block_v, self.chunk, kind))
+                    BLOCK_V=block_v, PRECISION=self.precision, **({"SPLIT_DOTS": True} if split_dots else {}),
+                    **_launch(block_k, block_v, self.chunk, kind))
 
-    def segment_states(self, a, b, gate, ld, scale, initial, reverse, fp32_dots=False):
+    def segment_states(self, a, b, gate, ld, scale, initial, reverse, split_dots=False):
         """Steps 1-2: per segment, the state before it (forward) or dS after it (reverse), [S, H, K, V]."""
         h, n_seg = self.h, self.n_seg
         local = torch.empty((n_seg, h, self.dk, self.dv), dtype=torch.float32, device=a.device)
@@ -480,7 +508,7 @@ class _Plan:
         _run(_segment_state_kernel, (triton.cdiv(self.dk, tk), triton.cdiv(self.dv, tv), n_seg * h),
              a, b, gate if gate is not None else ld, ld, local, total, self.seg,
              *_bth(a), *_bth(b), *self.gate_strides, scale, h, HAS_GATE=gate is not None, REVERSE=reverse,
-             **self.common(tk, tv, "segment", fp32_dots))
+             **self.common(tk, tv, "segment", split_dots))
         out = torch.empty_like(local)
         _segment_scan_kernel[(triton.cdiv(self.dk, tk), triton.cdiv(self.dv, tv), self.n_seq * h)](
             local, total, initial if initial is not None else local, out, self.seq, h,
@@ -503,19 +531,19 @@ class _LightningAttention(torch.autograd.Function):
         if initial_state is not None:
             final.copy_(initial_state)  # sequences of length 0 keep their state
         g = gate if gate is not None else log_decay
-        # gate gradients from half-precision inputs need the states to float32 accuracy (see backward)
-        fp32_state = (ctx.needs_input_grad[3] or ctx.needs_input_grad[4]) and q.dtype != torch.float32
+        # gate gradients from half-precision inputs need the states to about float32 accuracy (see backward)
+        split_dots = (ctx.needs_input_grad[3] or ctx.needs_input_grad[4]) and q.dtype != torch.float32
         with _device(q):
             if plan.scanned:
-                init = plan.segment_states(k, v, gate, log_decay, scale, initial_state, False, fp32_state)
+                init = plan.segment_states(k, v, gate, log_decay, scale, initial_state, False, split_dots)
                 mode = INIT_SEGMENT
             else:
                 init, mode = initial_state, (INIT_SEQUENCE if initial_state is not None else INIT_NONE)
             _run(_fwd_kernel, (triton.cdiv(plan.dv, plan.tile_v), plan.n_seg * h),
                  q, k, v, g, log_decay, o, init if init is not None else final, final, plan.seg,
                  *_bth(q), *_bth(k), *_bth(v), *_bth(o), *plan.gate_strides, scale, h,
-                 HAS_GATE=gate is not None, INIT=mode, STORE_FINAL=True, FP32_STATE=fp32_state,
-                 **plan.common(plan.block_k, plan.tile_v, "fwd"))
+                 HAS_GATE=gate is not None, INIT=mode, STORE_FINAL=True,
+                 **plan.common(plan.block_k, plan.tile_v, "fwd", split_dots))
         ctx.save_for_backward(q, k, v, gate, log_decay, initial_state, init if plan.scanned else None, final)
         ctx.plan, ctx.scale, ctx.cu_seqlens = plan, scale, cu_seqlens
         return o, final
@@ -540,14 +568,14 @@ class _LightningAttention(torch.autograd.Function):
         flags = dict(HAS_GATE=gate is not None)
         # q . dq and k . dk per d_k tile, in float32 before the gradients are rounded (gate gradients); with
         # half-precision inputs the dq / dk loops (and the segment states they start from, and the forward's
-        # states) then take float32 operands: q . dq - k . dk cancels, and bf16 products left d log_decay
-        # 0.4 off on the H200
+        # states) then split their float32 operands instead of rounding them: q . dq - k . dk cancels, and
+        # rounded operands left d log_decay 0.4 off on the H200
         store_dg = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
-        fp32_dots = store_dg and q.dtype != torch.float32
+        split_dots = store_dg and q.dtype != torch.float32
         with _device(q):
             if plan.scanned:
                 init, mode = seg_init, INIT_SEGMENT
-                dinit = plan.segment_states(q, d_o, gate, log_decay, scale, d_final, True, fp32_dots)
+                dinit = plan.segment_states(q, d_o, gate, log_decay, scale, d_final, True, split_dots)
                 dmode = INIT_SEGMENT
             else:
                 init, mode = initial_state, (INIT_SEQUENCE if initial_state is not None else INIT_NONE)
@@ -560,11 +588,11 @@ class _LightningAttention(torch.autograd.Function):
             _run(_dq_kernel, grid_k,
                  q, k, v, d_o, g, log_decay, dq, dg_q, init if init is not None else dq, plan.seg,
                  *_bth(q), *_bth(k), *_bth(v), *_bth(d_o), *gstrides, *_bth(dq), *dg_args, scale, h, INIT=mode,
-                 STORE_DG=store_dg, **plan.common(plan.tile_k, plan.block_v, "dq", fp32_dots), **flags)
+                 STORE_DG=store_dg, **plan.common(plan.tile_k, plan.block_v, "dq", split_dots), **flags)
             _run(_dk_kernel, grid_k,
                  q, k, v, d_o, g, log_decay, dk, dg_k, dinit if dinit is not None else dk, plan.seg,
                  *_bth(q), *_bth(k), *_bth(v), *_bth(d_o), *gstrides, *_bth(dk), *dg_args, scale, h, INIT=dmode,
-                 STORE_DG=store_dg, **plan.common(plan.tile_k, plan.block_v, "dk", fp32_dots), **flags)
+                 STORE_DG=store_dg, **plan.common(plan.tile_k, plan.block_v, "dk", split_dots), **flags)
             _run(_dv_kernel, grid_v,
                  q, k, d_o, g, log_decay, dv, dinit if dinit is not None else dv, dh0, plan.seg,
                  *_bth(q), *_bth(k), *_bth(d_o), *gstrides, *_bth(dv), scale, h, INIT=dmode, STORE_DH0=True,
