@@ -141,3 +141,18 @@ def test_docs_mixers_table_lists_every_registered_mixer():
     for name in REGISTRY:
         assert f"| `{name}` |" in doc, f"rerun `python docs/build_mixers_doc.py`: {name} is missing"
         assert (root / "docs" / "img" / "mixers" / f"{name}.png").is_file(), name
+
+
+@pytest.mark.parametrize("command", [["ablate", "GRID", "--out", "OUT"],
+                                     ["rl", "--steps", "1", "--out", "OUT"],
+                                     ["linearize", "--from", "smollm2", "--mixer", "liger", "--keep-softmax", "1", "--out",
+                                      "OUT"]])
+def test_threads_below_one_is_a_message_before_any_work(tmp_path, command):
+    """--threads 0 is refused with the option named, before a grid cell, an RL step or a model load runs."""
+    out = tmp_path / "out"
+    grid = Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "hybrid_ratio_mqar.yaml"
+    args = [{"OUT": str(out), "GRID": str(grid)}.get(a, a) for a in command]
+    result = studio(*args, "--threads", "0", check=False)
+    assert result.returncode == 2, result.stderr
+    assert "--threads must be >= 1, got 0" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
