@@ -1277,7 +1277,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablate-concurrency", type=int, default=1, help="ablations at once, all users (default 1)")
     parser.add_argument("--rl-concurrency", type=int, default=1, help="RL runs at once, all users (default 1)")
     parser.add_argument("--results-dir", default="results", help="ablations anyone can load (default results)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads, shared by every job and view of the app "
+                        "(default: torch's choice, one per core; with several jobs at once on a small machine, 1 "
+                        "avoids OpenMP threads waiting on each other)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     build_app(args.runs_dir, train_concurrency=args.train_concurrency, results_dir=args.results_dir,
               ablate_concurrency=args.ablate_concurrency, rl_concurrency=args.rl_concurrency).launch(

@@ -869,3 +869,10 @@ def test_explore_waits_for_default_models_still_being_built_or_names_their_failu
             assert client.predict(VALID, "JSON", api_name="/validate").startswith("Spec OK")
         finally:
             demo.close()
+
+
+def test_threads_below_one_is_refused_before_the_server_starts(capsys):
+    with pytest.raises(SystemExit) as stop:
+        app.main(["--threads", "0", "--port", "0"])
+    assert stop.value.code == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
