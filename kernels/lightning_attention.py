@@ -23,7 +23,9 @@ parallel ("two-level" scan, as in chunked state-space scans, Mamba-2 arXiv 2405.
 
 So the work per token and the parallelism do not depend on T. When every sequence fits in one segment
 steps 1-2 are skipped. Gradients of the gates come from dG_i = q_i . dq_i - k_i . dk_i (+ <dS_T, S_T> at
-a sequence's last token), summed from the end (as in FLA's simple GLA). Every exp() argument is <= 0 for
+a sequence's last token), summed from the end (as in FLA's simple GLA); the difference cancels, so with
+half-precision inputs the loops that feed it split their float32 operands into two half-precision parts
+(`_split_dot`) instead of rounding them. Every exp() argument is <= 0 for
 gates <= 0. The kernels run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 when that is set
 before this module is imported (the tests do).
 """
