@@ -72,6 +72,8 @@ MAX_TRAIN_STEPS = 5000
 TASK_DEFAULT_ARGS = {"text": {"corpus": "pydoc", "seq_len": 128}, "mqar": {}, "copy": {}, "selective_copy": {},
                      "needle": {}, "arithmetic": {}}
 COMPOSE_SPEC = "the spec in Compose"
+REPO = Path(__file__).resolve().parent
+FINDINGS_DIR = REPO / "benchmarks" / "results" / "ablations"  # the grids docs/findings.md reports
 
 
 # ---- messages ----------------------------------------------------------------------------------
@@ -100,12 +102,13 @@ class Studio:
     """Server-wide state: where runs live, the default models, the training jobs by user."""
 
     def __init__(self, runs_root: str | Path, defaults: DefaultModels | None = None,
-                 results_root: str | Path | None = None, ablate_concurrency: int = 1, rl_concurrency: int = 1):
+                 shared: aj.SharedRoots = None, ablate_concurrency: int = 1, rl_concurrency: int = 1):
         self.runs_root = Path(runs_root).resolve()
         self.defaults = defaults if defaults is not None else DefaultModels()
         self.jobs: dict[str, TrainingJob] = {}
         self.lock = threading.Lock()
-        self.results_root = Path(results_root).resolve() if results_root else None  # shared, read-only results
+        # shared, read-only ablations: label prefix -> folder (results/, findings/)
+        self.shared_ablations = {prefix: root.resolve() for prefix, root in aj.shared_roots(shared)}
         self.ablations = aj.AblationJobs(ablate_concurrency)
         self.rl = rj.RLJobs(rl_concurrency)
 
@@ -535,7 +538,7 @@ def _no_load_update() -> tuple:
 def make_ablate_handlers(studio: Studio):
     def folders_update(user: str, value=None, keep: bool = False):
         """The user's ablations as the Load list: selecting `value`, or (keep) leaving the selection alone."""
-        choices = aj.ablation_folders(studio.runs_root, user, studio.results_root)
+        choices = aj.ablation_folders(studio.runs_root, user, studio.shared_ablations)
         if keep:
             return gr.Dropdown(choices=choices)
         return gr.Dropdown(choices=choices, value=value if value in choices else None)
@@ -650,11 +653,11 @@ def make_ablate_handlers(studio: Studio):
 
     def list_folders(user_id, request: gr.Request):
         user = studio.user(user_id, request)
-        choices = aj.ablation_folders(studio.runs_root, user, studio.results_root)
+        choices = aj.ablation_folders(studio.runs_root, user, studio.shared_ablations)
         return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
 
     def _load(user: str, label: str):
-        path = aj.resolve_folder(label, studio.runs_root, user, studio.results_root)
+        path = aj.resolve_folder(label, studio.runs_root, user, studio.shared_ablations)
         return aj.load_results(path)
 
     def load(user_id, label, request: gr.Request):
@@ -666,7 +669,7 @@ def make_ablate_handlers(studio: Studio):
         if not label:
             return "No ablation chosen.", None, empty, gr.Dropdown(choices=[], value=None)
         try:
-            path = aj.resolve_folder(label, studio.runs_root, user, studio.results_root)
+            path = aj.resolve_folder(label, studio.runs_root, user, studio.shared_ablations)
         except ValueError as err:
             return _error("Cannot load this ablation", str(err)), None, empty, gr.Dropdown(choices=[], value=None)
         try:
@@ -1217,12 +1220,15 @@ def _learn_tab():
 
 
 def build_app(runs_dir: str | Path = "runs/app", defaults: DefaultModels | None = None,
-              train_concurrency: int = 1, results_dir: str | Path | None = Path(__file__).resolve().parent / "results",
-              ablate_concurrency: int = 1, rl_concurrency: int = 1) -> gr.Blocks:
+              train_concurrency: int = 1, results_dir: str | Path | None = REPO / "results",
+              ablate_concurrency: int = 1, rl_concurrency: int = 1,
+              findings_dir: str | Path | None = FINDINGS_DIR) -> gr.Blocks:
     """The Studio's Gradio app (not launched). Runs go to `runs_dir/<user id>/`, ablations to
-    `runs_dir/<user id>/ablations/`, RL runs to `runs_dir/<user id>/rl/`; ablations under `results_dir`
-    (e.g. `studio ablate --out results/X`) can be loaded by everyone."""
-    studio = Studio(runs_dir, defaults, results_dir, ablate_concurrency, rl_concurrency)
+    `runs_dir/<user id>/ablations/`, RL runs to `runs_dir/<user id>/rl/`. Everyone can load the ablations
+    under `results_dir` (e.g. `studio ablate --out results/X`; labels `results/X`) and the committed grids
+    of docs/findings.md under `findings_dir` (labels `findings/<grid>`); None leaves either out."""
+    studio = Studio(runs_dir, defaults, {"results/": results_dir, "findings/": findings_dir}, ablate_concurrency,
+                    rl_concurrency)
     studio.defaults.start()  # trains any missing default model in the background (first start only)
     with gr.Blocks(title="Hybrid Attention Studio") as demo:
         gr.Markdown("# Hybrid Attention Studio")
@@ -1277,6 +1283,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablate-concurrency", type=int, default=1, help="ablations at once, all users (default 1)")
     parser.add_argument("--rl-concurrency", type=int, default=1, help="RL runs at once, all users (default 1)")
     parser.add_argument("--results-dir", default="results", help="ablations anyone can load (default results)")
+    parser.add_argument("--findings-dir", default=str(FINDINGS_DIR), help="the committed ablation grids of "
+                        "docs/findings.md, loadable by everyone as findings/<grid> ('' hides them)")
     parser.add_argument("--threads", type=int, help="torch CPU threads, shared by every job and view of the app "
                         "(default: torch's choice, one per core; with several jobs at once on a small machine, 1 "
                         "avoids OpenMP threads waiting on each other)")
@@ -1289,6 +1297,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     build_app(args.runs_dir, train_concurrency=args.train_concurrency, results_dir=args.results_dir,
+              findings_dir=args.findings_dir or None,
               ablate_concurrency=args.ablate_concurrency, rl_concurrency=args.rl_concurrency).launch(
         server_name=args.host, server_port=args.port, allowed_paths=[])
 

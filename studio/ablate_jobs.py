@@ -24,6 +24,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -285,15 +286,30 @@ def _is_ablation(path: Path) -> bool:
     return path.is_dir() and any((path / f).exists() for f in ("results.json", "grid.yaml", "cells"))
 
 
-def ablation_folders(runs_root: str | Path, user: str, results_root: str | Path | None = None) -> list[str]:
-    """Labels of the ablations this user can load, newest first: their own (`<name>`), then the
-    repository's `results/` folders (`results/<name>`)."""
+SharedRoots = str | Path | Mapping[str, str | Path] | None
+
+
+def shared_roots(shared: SharedRoots) -> list[tuple[str, Path]]:
+    """The read-only ablation folders every user can load, as (label prefix, folder): one folder (labels
+    `results/<name>`) or a mapping prefix -> folder, e.g. {"results/": repo/results, "findings/":
+    repo/benchmarks/results/ablations}. Folders given as None are left out."""
+    if shared is None:
+        return []
+    if not isinstance(shared, Mapping):
+        shared = {"results/": shared}
+    return [(prefix if prefix.endswith("/") else prefix + "/", Path(folder))
+            for prefix, folder in shared.items() if folder is not None]
+
+
+def ablation_folders(runs_root: str | Path, user: str, shared: SharedRoots = None) -> list[str]:
+    """Labels of the ablations this user can load, newest first: their own (`<name>`), then each shared
+    folder's (`<prefix><name>`, e.g. `results/<name>`, `findings/<name>`)."""
     labels: list[str] = []
     try:
         mine = ablations_root(runs_root, user)
     except ValueError:
         mine = None
-    for root, prefix in ((mine, ""), (Path(results_root) if results_root else None, "results/")):
+    for prefix, root in [("", mine), *shared_roots(shared)]:
         if root is None or not root.is_dir():
             continue
         found = [p for p in root.iterdir() if not p.is_symlink() and _is_ablation(p)]
@@ -302,18 +318,17 @@ def ablation_folders(runs_root: str | Path, user: str, results_root: str | Path 
     return labels
 
 
-def resolve_folder(label: str, runs_root: str | Path, user: str, results_root: str | Path | None = None) -> Path:
+def resolve_folder(label: str, runs_root: str | Path, user: str, shared: SharedRoots = None) -> Path:
     """The folder behind a label of `ablation_folders`; ValueError for anything else (.., absolute paths,
     links, other users' folders, folders that are not ablations)."""
     if not label or not isinstance(label, str):
         raise ValueError("no ablation chosen; pick one from the list")
-    if label.startswith("results/"):
-        if results_root is None:
-            raise ValueError(f"{label!r} is not an ablation you can open here")
-        root, name = Path(results_root), label[len("results/"):]
-    else:
-        root, name = ablations_root(runs_root, user), label
-    try:
+    root, name = ablations_root(runs_root, user), label
+    for prefix, folder in shared_roots(shared):
+        if label.startswith(prefix):
+            root, name = folder, label[len(prefix):]
+            break
+    try:  # `inside` refuses any name with a folder in it, so an unknown prefix never resolves
         path = inside(root, name)
     except ValueError:
         raise ValueError(f"{label!r} is not an ablation you can open here; pick one from the list") from None

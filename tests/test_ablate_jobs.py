@@ -183,6 +183,17 @@ def test_folders_stay_inside_the_users_folder_and_list_results(tmp_path):
             aj.resolve_folder(label, runs, "alice", results)
     with pytest.raises(ValueError, match="not an ablation you can open here"):
         aj.resolve_folder("results/shared", runs, "alice", None)
+    # several shared folders, each under its own label prefix
+    findings = tmp_path / "findings"
+    _fake_ablation(findings / "grid-a")
+    shared = {"results/": results, "findings/": findings}
+    assert aj.ablation_folders(runs, "alice", shared) == ["second", "first", "results/shared", "findings/grid-a"]
+    assert aj.resolve_folder("findings/grid-a", runs, "alice", shared) == (findings / "grid-a").resolve()
+    assert aj.ablation_folders(runs, "alice", {"results/": None, "findings/": findings}) == ["second", "first",
+                                                                                           "findings/grid-a"]
+    for label in ("findings/../results/shared", "findings/shared", "results/grid-a", "other/grid-a"):
+        with pytest.raises(ValueError, match="not an ablation you can open here"):
+            aj.resolve_folder(label, runs, "alice", shared)
 
 
 def test_a_train_run_named_ablations_is_not_taken_for_the_folder(tmp_path):

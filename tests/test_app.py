@@ -419,9 +419,14 @@ def test_ablate_runs_polls_and_loads(server_url, runs_root, results_root):
     # a results/ folder under the repository (here the server's results_dir) is listed for everyone
     shutil.copytree(folder, results_root / "shared-ablation")
     other = _new_client(server_url)
-    assert [c[0] for c in other.predict("", api_name="/ablate_list")["choices"]] == ["results/shared-ablation"]
+    listed = [c[0] for c in other.predict("", api_name="/ablate_list")["choices"]]
+    findings = sorted(p.name for p in app.FINDINGS_DIR.iterdir() if (p / "grid.yaml").is_file())
+    assert listed[0] == "results/shared-ablation" and sorted(listed[1:]) == [f"findings/{n}" for n in findings]
     info, _, table, _ = other.predict("", "results/shared-ablation", api_name="/ablate_load")
     assert "all 2 cells finished" in info and _variants(table) == ["standard", "hybrid-lightning"]
+    # the committed H200 grids of docs/findings.md, as they are in the repository
+    info, plot, table, _ = other.predict("", "findings/hybrid_ratio_mqar", api_name="/ablate_load")
+    assert "all 39 cells finished" in info and "gated_delta-3to1" in _variants(table) and plot is not None
     info, *_ = other.predict("", "api-ablation", api_name="/ablate_load")  # another user's: not theirs
     assert "not an ablation you can open here" in info
 
@@ -730,6 +735,13 @@ def test_page_ablate_runs_a_grid_and_loads_it(page):
     for variant in ("standard", "hybrid-lightning"):
         expect(page.locator("#ablate-load-table")).to_contain_text(variant)
     _screenshot(page, "ablate-load")
+    # a committed grid of docs/findings.md, listed for every user
+    page.locator("#ablate-folders input").click()
+    page.get_by_role("option", name="findings/delta_vs_conv_mqar").click()
+    page.locator("#ablate-load").click()
+    expect(page.locator("#ablate-load-info")).to_contain_text("all 9 cells finished", timeout=TIMEOUT_MS)
+    for variant in ("gated_delta-noconv", "lightning-conv4", "gla-conv4"):
+        expect(page.locator("#ablate-load-table")).to_contain_text(variant)
 
     editor = page.locator("#ablate-grid .cm-content")
     editor.click()
