@@ -52,7 +52,9 @@ interrupted grid has a first complete picture early. Each cell is a run director
 (written once the cell is done). Resuming is automatic: a cell with `result.json` is not trained again;
 a cell with a checkpoint continues from it (`train(..., resume=True)`, which reproduces the uninterrupted
 run exactly); a cell whose definition changed since (its spec, task, steps, options or seed) is an error
-naming it, before anything trains. A cell whose loss diverges is recorded with status "diverged" and no
+naming it, before anything trains, and so is one whose spec now builds with other defaults than it was
+trained with (cell.json keeps `resolved_spec`, `ArchSpec.resolved`: a mixer default changed in the code
+would otherwise change what an unchanged grid means). A cell whose loss diverges is recorded with status "diverged" and no
 metrics; the grid goes on. A cell that raises (a bug, out of memory) keeps its error in cell.json and no result; the
 others still run, and `run_grid` then raises `CellsFailed` naming each (running again retries them).
 
@@ -238,6 +240,16 @@ class Cell:
     def digest(self) -> str:
         text = json.dumps(self.definition(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def resolved_spec(self) -> dict | None:
+        """The spec with every default written out (`ArchSpec.resolved`): kept in cell.json when the cell
+        starts, so that a default changed since shows (`_changed_defaults`); None if it does not build."""
+        from studio.spec import ArchSpec
+
+        try:
+            return ArchSpec.from_dict(self.spec).resolved()
+        except Exception:  # noqa: BLE001 - the grid check reports a spec that does not build
+            return None
 
 
 @dataclass
@@ -847,8 +859,10 @@ def _run_cell(cell: Cell, cell_dir: Path, device: str, callback: Callable | None
             mode = "resume"
     if mode == "fresh" and cell_dir.exists():
         shutil.rmtree(cell_dir)  # a start without any checkpoint: nothing to resume from
+    # the defaults the cell was trained with: computed when it starts, kept while it resumes or is collected
+    resolved = cell.resolved_spec() if mode == "fresh" else state.get("resolved_spec")
     record = {"format": CELL_FORMAT, "cell": cell.name, "digest": cell.digest(), "definition": cell.definition(),
-              "seconds": seconds_before}
+              **({"resolved_spec": resolved} if resolved is not None else {}), "seconds": seconds_before}
     _write(cell_dir / "cell.json", json.dumps(record, indent=2, default=str) + "\n")
     hook = (lambda rec: callback(cell.name, rec)) if callback is not None else None
     error, start = None, time.perf_counter()
@@ -883,8 +897,20 @@ def _run_cell(cell: Cell, cell_dir: Path, device: str, callback: Callable | None
     return row
 
 
+def _changed_defaults(before: Any, now: Any, path: str = "") -> list[str]:
+    """`key: old -> new` for every value two resolved specs both have and disagree on (a parameter added
+    or removed since is not a change of what the cell trained)."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [change for key in before if key in now
+                for change in _changed_defaults(before[key], now[key], f"{path}.{key}" if path else str(key))]
+    if isinstance(before, list) and isinstance(now, list) and len(before) == len(now):
+        return [change for i, (b, n) in enumerate(zip(before, now)) for change in _changed_defaults(b, n, f"{path}.{i}")]
+    return [] if before == now else [f"{path}: {before!r} -> {now!r}"]
+
+
 def _check_definitions(cells: list[Cell], cells_dir: Path) -> None:
-    """Cells already in the output folder must be the grid's cells as defined now."""
+    """Cells already in the output folder must be the grid's cells as defined now, built with the defaults
+    they were trained with."""
     problems = []
     for cell in cells:
         for file in ("cell.json", "result.json"):
@@ -895,6 +921,14 @@ def _check_definitions(cells: list[Cell], cells_dir: Path) -> None:
                                 f"its spec, task, steps, training options or seed); delete {cells_dir / cell.name} "
                                 "to run it again as defined now, or write to a new output folder")
                 break
+            if file == "cell.json" and record and record.get("resolved_spec") is not None:
+                changed = _changed_defaults(record["resolved_spec"], cell.resolved_spec())
+                if changed:
+                    problems.append(f"cell {cell.name} in {cells_dir} was trained with defaults that have changed "
+                                    f"since ({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); set "
+                                    "the old values in the grid to keep it, or delete "
+                                    f"{cells_dir / cell.name} to run it again with today's defaults")
+                    break
     if problems:
         raise GridError(problems)
 

@@ -334,6 +334,18 @@ class ArchSpec(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def resolved(self) -> dict[str, Any]:
+        """`to_dict` with every default written out, each mixer's own parameters and each layer's
+        feed-forward too: what a model built from this spec runs today. A changed default shows as a
+        difference between two of these (`studio.ablate` keeps one per cell)."""
+        from studio.mixers import REGISTRY
+
+        data = self.to_dict()
+        for i, (layer, out) in enumerate(zip(self.layers, data["layers"])):
+            out.update(REGISTRY[layer.mixer].Params.model_validate(layer.params).model_dump(mode="json"))
+            out["mlp"] = self.layer_mlp(i)
+        return data
+
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent) + "\n"
         if path is not None:

@@ -378,3 +378,30 @@ def test_studio_ablate_reports_a_bad_grid_and_lists_cells(tmp_path, capsys):
     assert listed["cells"][:2] == ["standard__mqar__seed0", "hybrid-lightning__mqar__seed0"] and len(listed["cells"]) == 4
     assert main(["ablate", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "out")]) == 2
     assert "no grid file" in capsys.readouterr().err
+
+
+def test_a_cell_trained_with_defaults_that_changed_since_is_refused(tmp_path):
+    """cell.json keeps the spec with every default written out; when today's code builds the same grid with
+    another default (here: as if lightning's short_conv default had been 4 when the cell trained), running
+    the grid again names the cell and the change before anything trains. Parameters added or removed since
+    are not changes."""
+    grid, out = {**TINY, "seeds": [0], "variants": {"hybrid-lightning": TINY["variants"]["hybrid-lightning"]}}, \
+        tmp_path / "out"
+    run_grid(grid, out, progress=False, device="cpu")
+    cell_json = out / "cells" / "hybrid-lightning__mqar__seed0" / "cell.json"
+    record = json.loads(cell_json.read_text())
+    layers = record["resolved_spec"]["layers"]
+    assert [layer["mixer"] for layer in layers] == ["softmax", "lightning"]
+    assert layers[1]["short_conv"] == 0 and layers[1]["decay"] == "minimax" and layers[0]["qk"] == "separate"
+
+    layers[1]["retired_option"] = 1          # a parameter removed since: not a change
+    del layers[0]["qk"]                      # a parameter added since: not a change
+    cell_json.write_text(json.dumps(record))
+    assert len(run_grid(grid, out, progress=False, device="cpu")) == 1  # collected, not retrained
+    assert "retired_option" in json.loads(cell_json.read_text())["resolved_spec"]["layers"][1]  # kept as trained
+
+    layers[1]["short_conv"] = 4
+    cell_json.write_text(json.dumps(record))
+    with pytest.raises(GridError, match=r"trained with defaults that have changed since \(layers\.1\.short_conv: "
+                                        r"4 -> 0\); set the old values in the grid"):
+        run_grid(grid, out, progress=False, device="cpu")
