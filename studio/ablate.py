@@ -54,8 +54,8 @@ a cell with a checkpoint continues from it (`train(..., resume=True)`, which rep
 run exactly); a cell whose definition changed since (its spec, task, steps, options or seed) is an error
 naming it, before anything trains, and so is one whose spec now builds with other defaults than it was
 trained with (cell.json keeps `resolved_spec`, `ArchSpec.resolved`: a mixer default changed in the code
-would otherwise change what an unchanged grid means). A cell whose loss diverges is recorded with status "diverged" and no
-metrics; the grid goes on. A cell that raises (a bug, out of memory) keeps its error in cell.json and no result; the
+would otherwise change what an unchanged grid means). A cell whose loss diverges is recorded with status
+"diverged" and no metrics; the grid goes on. A cell that raises (a bug, out of memory) keeps its error in cell.json and no result; the
 others still run, and `run_grid` then raises `CellsFailed` naming each (running again retries them).
 
 Outputs in OUT, refreshed after every cell: `results.csv` and `results.json` (tidy: one row per cell),
@@ -921,8 +921,9 @@ def _check_definitions(cells: list[Cell], cells_dir: Path) -> None:
                                 f"its spec, task, steps, training options or seed); delete {cells_dir / cell.name} "
                                 "to run it again as defined now, or write to a new output folder")
                 break
-            if file == "cell.json" and record and record.get("resolved_spec") is not None:
-                changed = _changed_defaults(record["resolved_spec"], cell.resolved_spec())
+            now = cell.resolved_spec() if file == "cell.json" and record and record.get("resolved_spec") else None
+            if now is not None:  # (a spec that no longer builds is the grid check's to report)
+                changed = _changed_defaults(record["resolved_spec"], now)
                 if changed:
                     problems.append(f"cell {cell.name} in {cells_dir} was trained with defaults that have changed "
                                     f"since ({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); set "
