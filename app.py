@@ -57,6 +57,7 @@ from studio.app_helpers import (  # noqa: E402
     pattern_figure,
     text_to_tokens,
 )
+from studio.cli import set_threads  # noqa: E402
 from studio.defaults import DefaultModels  # noqa: E402
 from studio.diagram import architecture_figure  # noqa: E402
 from studio.layer_table import HELP_COLUMNS, LAYER_COLUMNS, mixer_parameter_help, rows_to_spec_data, spec_to_rows  # noqa: E402
@@ -616,6 +617,7 @@ def make_ablate_handlers(studio: Studio):
             if changed:
                 more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
                 raise ValueError(f"the folder {out.name!r} holds cells run with another definition of this grid "
+                                 "(or with defaults that have changed since) "
                                  f"({', '.join(changed[:3])}{more}); give the grid another `name` (a new folder), "
                                  "or load the old results below")
             studio.ablations.start(user, grid, out)
@@ -1289,12 +1291,10 @@ def main(argv: list[str] | None = None) -> None:
                         "(default: torch's choice, one per core; with several jobs at once on a small machine, 1 "
                         "avoids OpenMP threads waiting on each other)")
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    try:
+        set_threads(args.threads)
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     build_app(args.runs_dir, train_concurrency=args.train_concurrency, results_dir=args.results_dir,
               findings_dir=args.findings_dir or None,

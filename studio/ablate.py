@@ -54,9 +54,10 @@ a cell with a checkpoint continues from it (`train(..., resume=True)`, which rep
 run exactly); a cell whose definition changed since (its spec, task, steps, options or seed) is an error
 naming it, before anything trains, and so is one whose spec now builds with other defaults than it was
 trained with (cell.json keeps `resolved_spec`, `ArchSpec.resolved`: a mixer default changed in the code
-would otherwise change what an unchanged grid means). A cell whose loss diverges is recorded with status
-"diverged" and no metrics; the grid goes on. A cell that raises (a bug, out of memory) keeps its error in cell.json and no result; the
-others still run, and `run_grid` then raises `CellsFailed` naming each (running again retries them).
+would otherwise change what an unchanged grid means); `stale_cells` lists both kinds. A cell whose loss
+diverges is recorded with status "diverged" and no metrics; the grid goes on. A cell that raises (a bug,
+out of memory) keeps its error in cell.json and no result; the others still run, and `run_grid` then
+raises `CellsFailed` naming each (running again retries them).
 
 Outputs in OUT, refreshed after every cell: `results.csv` and `results.json` (tidy: one row per cell),
 `summary.csv` (mean, sample std and n over seeds per variant x task; std is empty with one seed), a copy
@@ -84,10 +85,11 @@ from typing import Any, Callable
 
 import yaml
 
+from studio.checkpoint import read_json
 from studio.configurations import CONFIGURATIONS, apply_configuration, expand_layers, parse_ratio, ratio_layers
 
 __all__ = ["Grid", "GridError", "CellsFailed", "Variant", "TaskEntry", "Cell", "ResultsTable", "load_grid", "run_grid",
-           "load_results", "summarize_rows", "COLUMNS", "METRICS", "FIGURE_KINDS"]
+           "stale_cells", "load_results", "summarize_rows", "COLUMNS", "METRICS", "FIGURE_KINDS"]
 
 CELL_FORMAT = "hybrid-attention-studio/ablation-cell@1"
 RESULTS_FORMAT = "hybrid-attention-studio/ablation@1"
@@ -833,19 +835,12 @@ def _sizes(cell: Cell) -> tuple[int | None, int | None]:
         return None, None
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _run_cell(cell: Cell, cell_dir: Path, device: str, callback: Callable | None) -> dict | None:
     """Train (or resume, or just collect) one cell; write and return its result row, or None if the
     callback stopped it before the end."""
     from studio.train import TrainingDiverged, read_run, train
 
-    state = _read_json(cell_dir / "cell.json") or {}
+    state = read_json(cell_dir / "cell.json") or {}
     seconds_before = float(state.get("seconds", 0.0)) if state.get("digest") == cell.digest() else 0.0
     mode = "fresh"
     if (cell_dir / "run.json").exists():
@@ -908,28 +903,32 @@ def _changed_defaults(before: Any, now: Any, path: str = "") -> list[str]:
     return [] if before == now else [f"{path}: {before!r} -> {now!r}"]
 
 
-def _check_definitions(cells: list[Cell], cells_dir: Path) -> None:
-    """Cells already in the output folder must be the grid's cells as defined now, built with the defaults
-    they were trained with."""
-    problems = []
+def stale_cells(cells: list[Cell], cells_dir: str | Path) -> dict[str, str]:
+    """Cells already in `cells_dir` that `run_grid` refuses, by name, each with why: run with another
+    definition than the grid gives it now, or trained with defaults that have changed since."""
+    cells_dir, stale = Path(cells_dir), {}
     for cell in cells:
-        for file in ("cell.json", "result.json"):
-            record = _read_json(cells_dir / cell.name / file)
-            stored = record and (record.get("digest") if file == "cell.json" else record.get("definition"))
-            if stored and stored != cell.digest():
-                problems.append(f"cell {cell.name} in {cells_dir} was run with another definition (the grid changed "
+        state = read_json(cells_dir / cell.name / "cell.json") or {}
+        stored = (state.get("digest"), (read_json(cells_dir / cell.name / "result.json") or {}).get("definition"))
+        if any(digest and digest != cell.digest() for digest in stored):
+            stale[cell.name] = (f"cell {cell.name} in {cells_dir} was run with another definition (the grid changed "
                                 f"its spec, task, steps, training options or seed); delete {cells_dir / cell.name} "
                                 "to run it again as defined now, or write to a new output folder")
-                break
-            now = cell.resolved_spec() if file == "cell.json" and record and record.get("resolved_spec") else None
-            if now is not None:  # (a spec that no longer builds is the grid check's to report)
-                changed = _changed_defaults(record["resolved_spec"], now)
-                if changed:
-                    problems.append(f"cell {cell.name} in {cells_dir} was trained with defaults that have changed "
-                                    f"since ({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); set "
-                                    "the old values in the grid to keep it, or delete "
-                                    f"{cells_dir / cell.name} to run it again with today's defaults")
-                    break
+            continue
+        now = cell.resolved_spec() if state.get("resolved_spec") else None
+        changed = _changed_defaults(state["resolved_spec"], now) if now is not None else []  # (None: does not build)
+        if changed:
+            stale[cell.name] = (f"cell {cell.name} in {cells_dir} was trained with defaults that have changed since "
+                                f"({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}); set the old "
+                                f"values in the grid to keep it, or delete {cells_dir / cell.name} to run it again "
+                                "with today's defaults")
+    return stale
+
+
+def _check_definitions(cells: list[Cell], cells_dir: Path) -> None:
+    """Cells already in the output folder must be the grid's cells as defined now, built with the defaults
+    they were trained with (`stale_cells`)."""
+    problems = list(stale_cells(cells, cells_dir).values())
     if problems:
         raise GridError(problems)
 
@@ -946,7 +945,7 @@ def _finished_rows(cells: list[Cell], cells_dir: Path) -> dict[str, dict]:
     """The result rows of the cells finished under their current definition, by cell name."""
     rows = {}
     for cell in cells:
-        result = _read_json(cells_dir / cell.name / "result.json")
+        result = read_json(cells_dir / cell.name / "result.json")
         if result and result.get("definition") == cell.digest():
             result.pop("format", None)
             rows[cell.name] = result
@@ -1021,7 +1020,7 @@ def run_grid(grid: Grid | dict | str | Path, out_dir: str | Path, progress: bool
 
 def _note_error(cell_dir: Path, error: str, trace: str) -> None:
     """Keep a failed cell's error (and traceback) in its cell.json, beside its definition."""
-    record = _read_json(cell_dir / "cell.json") or {}
+    record = read_json(cell_dir / "cell.json") or {}
     record.update(error=error, traceback=trace)
     cell_dir.mkdir(parents=True, exist_ok=True)
     _write(cell_dir / "cell.json", json.dumps(record, indent=2, default=str) + "\n")

@@ -31,10 +31,11 @@ from typing import Any
 import yaml
 
 from studio.ablate import (DONE, FIGURE_KINDS, METRICS, Grid, GridError, ResultsTable, load_grid, load_results,
-                           parse_grid_text, run_grid)
+                           parse_grid_text, run_grid, stale_cells)
+from studio.checkpoint import read_json
 from studio.configurations import parse_ratio
 from studio.job_registry import JobRegistry
-from studio.training_jobs import BackgroundJob, inside, read_json, run_name, user_dir
+from studio.training_jobs import BackgroundJob, inside, run_name, user_dir
 
 __all__ = ["AblationBusy", "AblationJob", "AblationJobs", "build_grid", "base_spec", "grid_yaml", "check_grid",
            "grid_overview", "ablations_root", "ablation_dir", "ablation_folders", "resolve_folder", "changed_cells",
@@ -339,15 +340,8 @@ def resolve_folder(label: str, runs_root: str | Path, user: str, shared: SharedR
 
 
 def changed_cells(grid: Grid, out: Path) -> list[str]:
-    """Cells already in `out` that were run with another definition (run_grid refuses those)."""
-    changed = []
-    for cell in grid.cells():
-        folder = Path(out) / "cells" / cell.name
-        stored = [(read_json(folder / "cell.json") or {}).get("digest"),
-                  (read_json(folder / "result.json") or {}).get("definition")]
-        if any(s and s != cell.digest() for s in stored):
-            changed.append(cell.name)
-    return changed
+    """Cells already in `out` that run_grid refuses (another definition, or changed defaults: `stale_cells`)."""
+    return list(stale_cells(grid.cells(), Path(out) / "cells"))
 
 
 def cells_done(grid: Grid, out: Path) -> int:

@@ -56,6 +56,16 @@ def save_model(model: "HybridLM", directory: str | Path) -> Path:
     return directory
 
 
+def read_json(path: str | Path) -> dict | None:
+    """The JSON object in `path`, or None when it is missing, unreadable or not an object (e.g. being
+    rewritten): for records that may not exist yet; `read_record` checks one that must."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_record(path: str | Path, expected_format: str, missing_hint: str) -> dict:
     """A JSON record the studio wrote (a model config or a run record), checked for its format."""
     path = Path(path)

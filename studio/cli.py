@@ -210,7 +210,7 @@ def _mean_std(row: dict, metric: str) -> str:
     return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
 
-def _set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> None:
     """--threads: torch's CPU threads for this process (None: torch's choice)."""
     if threads is None:
         return
@@ -230,7 +230,7 @@ def cmd_ablate(args) -> int:
         print(json.dumps({"grid": grid.name, "variants": list(grid.variants), "tasks": [t.label for t in grid.tasks],
                           "seeds": grid.seeds, "cells": [c.name for c in cells]}, indent=2))
         return 0
-    _set_threads(args.threads)
+    set_threads(args.threads)
     shard = None
     if args.shard:
         index, _, count = args.shard.partition("/")
@@ -270,7 +270,7 @@ def cmd_ablate(args) -> int:
 def cmd_rl(args) -> int:
     from studio.rl.experiment import run_experiment
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     opts = {k: v for k, v in {
         "prompts_per_step": args.prompts_per_step, "group_size": args.group_size,
         "max_new_tokens": args.max_new_tokens, "inner_steps": args.inner_steps, "lr": args.lr,
@@ -297,7 +297,7 @@ def cmd_rl(args) -> int:
 def cmd_linearize(args) -> int:
     from studio.linearize import LINEARIZE_FILE, LoraSettings, read_linearize_run, run_linearize
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     try:
         keep = [int(i) for i in args.keep_softmax.replace(" ", "").split(",") if i not in ("", "none")]
     except ValueError:

@@ -87,8 +87,6 @@ def _run_task(path: Path) -> dict | None:
         raise ExploreError(f"the run {path.name!r} has a corrupt run.json ({err}); train it again or delete it") from None
 
 
-
-
 def tokenizer_dir(path: str | Path) -> Path | None:
     """The transformers tokenizer folder that came with a model (`tokenizer/` in the model folder, the
     run folder or its `model/`), or None."""

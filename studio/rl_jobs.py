@@ -31,10 +31,11 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 
+from studio.checkpoint import read_json
 from studio.job_registry import JobRegistry
 from studio.rl.credit import GAMMA_AMP, STRATEGIES
 from studio.rl.train import LOSSES
-from studio.training_jobs import BackgroundJob, inside, read_json, run_name, user_dir, user_runs
+from studio.training_jobs import BackgroundJob, inside, run_name, user_dir, user_runs
 
 __all__ = ["RLBusy", "RLJob", "RLJobs", "rl_options", "run_label", "rl_root", "rl_dir", "rl_runs", "warmup_dir",
            "start_choices", "resolve_start", "policy", "reward_figure", "credit_rows", "credit_html", "credit_view",

@@ -6,7 +6,6 @@ that come from the page never leave it.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from studio.checkpoint import read_json
 from studio.train import read_run, train
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -53,15 +53,6 @@ def user_runs(folder: Path) -> list[Path]:
         return []
     runs = [p for p in folder.iterdir() if p.is_dir() and (p / "run.json").is_file()]
     return sorted(runs, key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
-
-
-def read_json(path: Path) -> dict | None:
-    """The JSON object in `path`, or None when it is missing, unreadable or not an object (being rewritten)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class BackgroundJob:

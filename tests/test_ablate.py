@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from studio import ArchSpec
-from studio.ablate import COLUMNS, CellsFailed, GridError, load_grid, load_results, run_grid
+from studio.ablate import COLUMNS, CellsFailed, GridError, load_grid, load_results, run_grid, stale_cells
 from studio.ablate_figures import grouped_bars, ratio_curve, state_curve
 from studio.configurations import CONFIGURATIONS, apply_configuration, configuration_layers, ratio_layers, softmax_share
 
@@ -402,6 +402,7 @@ def test_a_cell_trained_with_defaults_that_changed_since_is_refused(tmp_path):
 
     layers[1]["short_conv"] = 4
     cell_json.write_text(json.dumps(record))
+    assert list(stale_cells(load_grid(grid).cells(), out / "cells")) == ["hybrid-lightning__mqar__seed0"]  # the app asks this
     with pytest.raises(GridError, match=r"trained with defaults that have changed since \(layers\.1\.short_conv: "
                                         r"4 -> 0\); set the old values in the grid"):
         run_grid(grid, out, progress=False, device="cpu")
